@@ -1,0 +1,11 @@
+"""rlhfkit: the whole RLHF loop on Hugging Face models.
+
+SFT, human feedback collection, reward models (Bradley-Terry), PPO with a KL
+leash, and before/after evaluation, for causal and seq2seq models, with or
+without LoRA, on a laptop CPU or a GPU cluster.
+"""
+
+from rlhfkit.errors import UserError
+
+__version__ = "0.1.0"
+__all__ = ["UserError", "__version__"]

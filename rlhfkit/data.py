@@ -1,0 +1,306 @@
+"""Prompt, preference and ranking data: loading, validation, rankings to pairs.
+
+Formats (one record per row):
+
+- prompts:     {"prompt": str} or {"messages": [{"role", "content"}, ...]}
+- preferences: {"prompt", "chosen", "rejected"}, or the conversational variant
+               where "chosen"/"rejected" are message lists ending in the
+               assistant reply and sharing the prompt messages before it
+- rankings:    {"prompt", "completions": [c1..cN], "ranks": [r1..rN]}, 1 = best;
+               equal ranks are a tie and give no pair
+
+Files: JSONL (or a JSON list), CSV, Parquet, or a saved `datasets` folder. List
+columns in CSV cells are JSON text. Every problem is a `DataError` naming the
+file, the row (1-based, as a person counts lines or data rows), the column and
+what is wrong. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from rlhfkit.errors import DataError, UserError
+
+Message = dict[str, str]
+Prompt = Union[str, list[Message]]  # plain text or a chat conversation
+
+
+@dataclass(frozen=True)
+class Preference:
+    prompt: Prompt
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class Ranking:
+    prompt: Prompt
+    completions: list[str]
+    ranks: list[int]
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a JSONL/JSON/CSV/Parquet file or a saved `datasets` folder, as (row, record)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; check the path")
+    if path.is_dir():
+        return _read_datasets_folder(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return _read_jsonl(path)
+    if suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+            return [(i, _as_record(path, i, r)) for i, r in enumerate(rows, 1)]
+        return _read_jsonl(path)
+    if suffix in (".csv", ".tsv"):
+        return _read_csv(path, "\t" if suffix == ".tsv" else ",")
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        return [(i, r) for i, r in enumerate(rows, 1)]
+    raise UserError(
+        f"{path}: unknown file type '{suffix}'; use .jsonl, .json, .csv, .parquet or a saved datasets folder"
+    )
+
+
+def _as_record(path, row, value) -> dict:
+    if not isinstance(value, dict):
+        raise DataError(path, row, None, f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, line_no, None, f"unparsable JSON line ({e.msg} at column {e.colno})") from None
+            records.append((line_no, _as_record(path, line_no, value)))
+    return records
+
+
+def _read_csv(path: Path, delimiter: str) -> list[tuple[int, dict]]:
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        # Data rows count from 1 after the header, as a spreadsheet user sees them minus one.
+        return [(i, dict(r)) for i, r in enumerate(reader, 1)]
+
+
+def _read_datasets_folder(path: Path) -> list[tuple[int, dict]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: a folder must be a dataset saved with `Dataset.save_to_disk`") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise UserError(f"{path}: DatasetDict has no 'train' split (has {sorted(ds)}); save one split")
+        ds = ds["train"]
+    return [(i, r) for i, r in enumerate(ds.to_list(), 1)]
+
+
+def write_jsonl(path: str | Path, records) -> None:
+    """Write records (dicts) as JSON lines, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _column(path, row, record, name):
+    if name not in record or record[name] is None:
+        have = ", ".join(sorted(k for k in record if not k.startswith("_"))) or "none"
+        raise DataError(path, row, name, f"missing column (columns present: {have})")
+    return record[name]
+
+
+def _maybe_json(value):
+    """CSV cells hold lists as JSON text."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _text(path, row, column, value) -> str:
+    if not isinstance(value, str):
+        raise DataError(path, row, column, f"expected text, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(path, row, column, "empty text")
+    return value
+
+
+def _messages(path, row, column, value) -> list[Message]:
+    value = _maybe_json(value)
+    if not isinstance(value, list) or not value:
+        raise DataError(path, row, column, "expected a non-empty list of {role, content} messages")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(path, row, column, f"message {i} is not a {{role, content}} object")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise DataError(path, row, column, f"message {i} has unknown role {m['role']!r}")
+        _text(path, row, f"{column}[{i}].content", m["content"])
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _prompt(path, row, record) -> Prompt:
+    if "prompt" in record and record["prompt"] is not None:
+        value = _maybe_json(record["prompt"])
+        if isinstance(value, list):
+            return _messages(path, row, "prompt", value)
+        return _text(path, row, "prompt", value)
+    if "messages" in record and record["messages"] is not None:
+        return _messages(path, row, "messages", record["messages"])
+    _column(path, row, record, "prompt")  # raises "missing column"
+
+
+def _validate_ranks(path, row, ranks, n) -> list[int]:
+    ranks = _maybe_json(ranks)
+    if not isinstance(ranks, list):
+        raise DataError(path, row, "ranks", f"expected a list of integers, got {type(ranks).__name__}")
+    if len(ranks) != n:
+        raise DataError(path, row, "ranks", f"{len(ranks)} ranks for {n} completions; give one rank per completion")
+    out = []
+    for r in ranks:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or int(r) != r:
+            raise DataError(path, row, "ranks", f"not a ranking: {ranks!r} holds {r!r}, ranks are integers 1..{n}")
+        out.append(int(r))
+    if out and (min(out) != 1 or max(out) > n):
+        raise DataError(
+            path, row, "ranks", f"not a ranking: {ranks!r}; the best completion has rank 1 and no rank exceeds {n}"
+        )
+    return out
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    """Prompts from a file: text, or message lists for chat models."""
+    records = read_records(path)
+    if not records:
+        raise UserError(f"{path}: no rows; a prompts file needs one {{\"prompt\": ...}} per row")
+    return [_prompt(path, row, rec) for row, rec in records]
+
+
+def load_rankings(path: str | Path) -> list[Ranking]:
+    """Rankings rows: a prompt, N >= 2 completions and their ranks (1 = best)."""
+    out = []
+    for row, rec in read_records(path):
+        out.append(_ranking(path, row, rec))
+    if not out:
+        raise UserError(f"{path}: no rows")
+    return out
+
+
+def _ranking(path, row, rec) -> Ranking:
+    prompt = _prompt(path, row, rec)
+    completions = _maybe_json(_column(path, row, rec, "completions"))
+    if not isinstance(completions, list) or len(completions) < 2:
+        raise DataError(path, row, "completions", "expected a list of at least 2 completions")
+    completions = [_text(path, row, f"completions[{i}]", c) for i, c in enumerate(completions)]
+    ranks = _validate_ranks(path, row, _column(path, row, rec, "ranks"), len(completions))
+    return Ranking(prompt, completions, ranks)
+
+
+def load_preferences(path: str | Path) -> list[Preference]:
+    """Preference pairs from a pairs file, or expanded from a rankings file.
+
+    A file whose rows carry "ranks" is read as rankings and each row becomes its
+    N-choose-2 pairs (`rankings_to_pairs`); a ranking whose completions are all
+    tied gives no pair, and the loader says how many such rows there were.
+    """
+    records = read_records(path)
+    if not records:
+        raise UserError(f"{path}: no rows")
+    if "ranks" in records[0][1]:
+        pairs = []
+        for row, rec in records:
+            r = _ranking(path, row, rec)
+            pairs += [Preference(r.prompt, c, j) for c, j in rankings_to_pairs(r.completions, r.ranks)]
+        if not pairs:
+            raise UserError(f"{path}: every ranking is a full tie, so there are no preference pairs to learn from")
+        return pairs
+    return [_preference(path, row, rec) for row, rec in records]
+
+
+def _preference(path, row, rec) -> Preference:
+    chosen = _maybe_json(_column(path, row, rec, "chosen"))
+    rejected = _maybe_json(_column(path, row, rec, "rejected"))
+    if isinstance(chosen, list) or isinstance(rejected, list):
+        # Conversational variant: shared prompt messages, then one assistant reply each.
+        chosen_m = _messages(path, row, "chosen", chosen)
+        rejected_m = _messages(path, row, "rejected", rejected)
+        if "prompt" in rec and rec["prompt"] is not None:
+            prompt = _prompt(path, row, rec)
+        else:
+            prompt = chosen_m[:-1]
+            if chosen_m[:-1] != rejected_m[:-1]:
+                raise DataError(path, row, "rejected", "chosen and rejected conversations differ before the last reply")
+            if not prompt:
+                raise DataError(path, row, "chosen", "conversation has no prompt messages before the reply")
+        for col, conv in (("chosen", chosen_m), ("rejected", rejected_m)):
+            if conv[-1]["role"] != "assistant":
+                raise DataError(path, row, col, "the last message must be the assistant's reply")
+        chosen, rejected = chosen_m[-1]["content"], rejected_m[-1]["content"]
+    else:
+        prompt = _prompt(path, row, rec)
+        chosen = _text(path, row, "chosen", chosen)
+        rejected = _text(path, row, "rejected", rejected)
+    if chosen.strip() == rejected.strip():
+        raise DataError(path, row, "rejected", "chosen is identical to rejected; a pair needs two different texts")
+    return Preference(prompt, chosen, rejected)
+
+
+def rankings_to_pairs(completions: list[str], ranks: list[int]) -> list[tuple[str, str]]:
+    """All (preferred, other) pairs of a ranking; ties give no pair.
+
+    Pairs come in order of preference: by the preferred completion's rank, then
+    the other's rank, then position. Ranks [2, 1, 3] over [a, b, c] give
+    (b, a), (b, c), (a, c).
+    """
+    if len(completions) != len(ranks):
+        raise ValueError(f"{len(ranks)} ranks for {len(completions)} completions")
+    order = sorted(range(len(ranks)), key=lambda i: (ranks[i], i))
+    pairs = []
+    for a_pos, a in enumerate(order):
+        for b in order[a_pos + 1 :]:
+            if ranks[a] < ranks[b]:
+                pairs.append((completions[a], completions[b]))
+    return pairs
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """A prompt as plain text, for reward models and tables (the last user turn of a chat)."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else prompt[-1]["content"]
+
+
+def prompt_to_json(prompt: Prompt) -> dict:
+    """The prompts-format record of a prompt."""
+    return {"prompt": prompt} if isinstance(prompt, str) else {"messages": prompt}
