@@ -1,0 +1,150 @@
+"""Batched sampling: prompts to token ids (chat template when the model has one),
+padded batches (left for causal models), and completions.
+
+Shared by `rlhfkit generate`, the PPO rollout and evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data import Prompt
+
+
+@dataclass
+class GenerationSettings:
+    """How completions are sampled."""
+
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off: sample from the whole distribution, as PPO's log-probs assume
+    top_p: float = 1.0
+    min_new_tokens: int = 0
+
+    def kwargs(self) -> dict:
+        kw = dict(
+            do_sample=True, max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+            top_p=self.top_p,
+        )
+        if self.min_new_tokens:
+            kw["min_new_tokens"] = self.min_new_tokens
+        return kw
+
+
+def uses_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_prompt(tokenizer, prompt: Prompt, chat: bool | None = None) -> str:
+    """The text the model sees: the chat template with a generation prompt when the model has one."""
+    chat = uses_chat_template(tokenizer) if chat is None else chat
+    if chat:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant:"
+
+
+def encode_prompts(tokenizer, prompts: list[Prompt], chat: bool | None = None, max_length: int | None = None) -> list[list[int]]:
+    """Token ids of each prompt, unpadded. A chat template already holds its special tokens.
+
+    Prompts longer than `max_length` keep their last `max_length` tokens (the
+    end of a prompt is what the reply follows).
+    """
+    chat = uses_chat_template(tokenizer) if chat is None else chat
+    texts = [format_prompt(tokenizer, p, chat) for p in prompts]
+    ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"]
+    if max_length:
+        ids = [x[-max_length:] for x in ids]
+    return ids
+
+
+def pad(seqs: list[list[int]] | list[torch.Tensor], pad_id: int, side: str = "right", device=None):
+    """Pad to a batch: (ids [B, T], attention_mask [B, T])."""
+    seqs = [s.tolist() if isinstance(s, torch.Tensor) else list(s) for s in seqs]
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if not s:
+            continue
+        if side == "left":
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+        else:
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+    if device is not None:
+        ids, mask = ids.to(device), mask.to(device)
+    return ids, mask
+
+
+def strip_response(tokens: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:
+    """A sampled response up to and including its first EOS; trailing padding removed."""
+    out = []
+    for t in tokens:
+        if t == eos_id:
+            out.append(t)
+            break
+        out.append(t)
+    if eos_id is None or not out or out[-1] != eos_id:
+        while out and out[-1] == pad_id:
+            out.pop()
+    return out
+
+
+def _is_seq2seq(model) -> bool:
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+@torch.inference_mode()
+def sample(model, tokenizer, queries: list[list[int]], settings: GenerationSettings, num_return_sequences: int = 1,
+           **extra) -> list[list[int]]:
+    """Sample responses for a batch of query token ids; returns response ids per sequence.
+
+    Causal prompts are padded on the left so every continuation starts at the
+    same position. With `num_return_sequences=n` the responses of query i are
+    rows i*n .. i*n+n-1.
+    """
+    device = next(model.parameters()).device
+    seq2seq = _is_seq2seq(model)
+    ids, mask = pad(queries, tokenizer.pad_token_id, side="right" if seq2seq else "left", device=device)
+    kwargs = settings.kwargs()
+    kwargs.update(extra)
+    eos_id = tokenizer.eos_token_id
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_id,
+        num_return_sequences=num_return_sequences, **kwargs,
+    )
+    new = out[:, 1:] if seq2seq else out[:, ids.shape[1]:]  # seq2seq output starts with the decoder start token
+    return [strip_response(row.tolist(), eos_id, tokenizer.pad_token_id) for row in new]
+
+
+def generate_completions(model, tokenizer, prompts: list[Prompt], n: int = 1, settings: GenerationSettings | None = None,
+                         batch_size: int = 16, seed: int | None = 0, progress: bool = True,
+                         max_prompt_tokens: int | None = None) -> list[list[str]]:
+    """K sampled completions per prompt, as text, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    settings = settings or GenerationSettings()
+    if seed is not None:
+        torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    queries = encode_prompts(tokenizer, prompts, max_length=max_prompt_tokens)
+    per_batch = max(1, batch_size // max(n, 1))
+    results: list[list[str]] = []
+    with tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress) as bar:
+        for start in range(0, len(queries), per_batch):
+            chunk = queries[start:start + per_batch]
+            responses = sample(model, tokenizer, chunk, settings, num_return_sequences=n)
+            texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+            for i in range(len(chunk)):
+                results.append([t.strip() for t in texts[i * n:(i + 1) * n]])
+            bar.update(len(chunk))
+    model.train(was_training)
+    return results
