@@ -106,7 +106,8 @@ def _check_types(config) -> None:
         if value is None:
             if optional:
                 continue
-            raise UserError(f"{f.name}: a value is required")
+            flag = "--" + f.name.replace("_", "-")
+            raise UserError(f"{flag} is required: {f.metadata.get('help', f.name)}")
         if typing.get_origin(tp) is Literal:
             if value not in typing.get_args(tp):
                 raise UserError(f"{f.name}: {value!r} is not one of {list(typing.get_args(tp))}")

@@ -29,8 +29,6 @@ def run_generate(config: GenerateConfig) -> int:
     from rlhfkit.generation import GenerationSettings, generate_completions
     from rlhfkit.models import load_policy
 
-    if not config.prompts:
-        raise UserError("no prompts file; pass --prompts FILE.jsonl (rows like {\"prompt\": \"...\"})")
     for name in ("n", "max_new_tokens", "batch_size"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")

