@@ -1,0 +1,147 @@
+"""The `rlhfkit label` subcommands: serve, import, add-annotator, export, stats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from datetime import timedelta
+
+from rlhfkit.errors import UserError
+
+DEFAULT_DB = "sqlite:///feedback.db"
+
+
+def register(subparsers) -> None:
+    """Add the label subcommands to an argparse subparsers object; each sets func(args) -> int."""
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument("--db", default=DEFAULT_DB, help=f"database URL (default {DEFAULT_DB}; "
+                    "PostgreSQL: postgresql://user:password@host/dbname)")
+
+    p = subparsers.add_parser("serve", parents=[db], help="run the labelling web app")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--per-item", type=int, default=1, help="annotators wanted per item (default 1)")
+    p.add_argument("--lease-minutes", type=float, default=60.0,
+                   help="an assignment left untouched this long may go to someone else (default 60)")
+    p.add_argument("--max-body-kb", type=int, default=64, help="largest request body in KiB (default 64)")
+    p.add_argument("--allow-origin", action="append", default=[],
+                   help="extra allowed Origin, e.g. https://label.example.org behind a proxy (repeatable)")
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("import", parents=[db], help="add prompts and completions from `rlhfkit generate`")
+    p.add_argument("path", help="JSONL (or CSV/Parquet) rows with prompt/messages and completions")
+    p.set_defaults(func=cmd_import)
+
+    p = subparsers.add_parser("add-annotator", parents=[db], help="create an annotator and print their private link")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true", help="an admin account: sees the statistics page, labels nothing")
+    p.add_argument("--new-token", action="store_true", help="replace the token (and link) of an existing account")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="base URL the server is reached at")
+    p.set_defaults(func=cmd_add_annotator)
+
+    p = subparsers.add_parser("export", parents=[db], help="write labels as rankings or preference pairs")
+    p.add_argument("--format", choices=["rankings", "pairs"], default="rankings")
+    p.add_argument("--out", required=True, help="output JSONL file")
+    p.add_argument("--raw", help="raw labels file (default: OUT stem + .raw.jsonl)")
+    p.add_argument("--summary", help="summary JSON file (default: OUT stem + .summary.json)")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("stats", parents=[db], help="print progress and agreement")
+    p.add_argument("--per-item", type=int, default=1, help="annotators wanted per item (default 1)")
+    p.set_defaults(func=cmd_stats)
+
+
+def _store(args):
+    from rlhfkit.feedback.store import Store
+
+    return Store(args.db)
+
+
+def cmd_import(args) -> int:
+    from rlhfkit.feedback.export import read_generated
+
+    rows = read_generated(args.path)
+    store = _store(args)
+    added, present = store.import_items(rows)
+    print(f"imported {added} items from {args.path} ({present} already present, skipped)")
+    return 0
+
+
+def cmd_add_annotator(args) -> int:
+    if not re.fullmatch(r"[\w.@+-]{1,100}", args.name):
+        raise UserError(f"name {args.name!r}: use 1-100 letters, digits or . _ @ + -")
+    token = _store(args).add_annotator(args.name, "admin" if args.admin else "annotator", args.new_token)
+    kind = "admin" if args.admin else "annotator"
+    print(f"{kind} {args.name}: private link (share only with them; it is shown once):")
+    print(f"{args.url.rstrip('/')}/login#{token}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from rlhfkit.feedback.export import export
+
+    s = export(_store(args), args.format, args.out, args.raw, args.summary)
+    agreement = s["agreement"]
+    print(f"wrote {s['rows']} {args.format} rows to {s['out']}; raw labels to {s['raw']}")
+    print(f"labels: {json.dumps(s['labels'])}; agreement: {json.dumps(agreement)}")
+    if s["rows"] == 0:
+        print("warning: no rows to train on yet (no rankings, or only ties / all-bad)", file=sys.stderr)
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from rlhfkit.feedback.export import summary
+
+    store = _store(args)
+    print(json.dumps({**store.counts(args.per_item), **summary(store.all_labels())}, indent=2))
+    return 0
+
+
+class _RedactTokens(logging.Filter):
+    """Defence in depth: tokens travel in headers, but never let one reach a log line."""
+
+    pattern = re.compile(r"(token=|#|Bearer\s+)[\w-]{16,}")
+
+    def filter(self, record):
+        record.msg = self.pattern.sub(r"\1[redacted]", str(record.msg))
+        if record.args:
+            record.args = tuple(self.pattern.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from rlhfkit.feedback.app import Settings, create_app
+
+    if args.per_item < 1:
+        raise UserError("--per-item must be at least 1")
+    store = _store(args)
+    counts = store.counts(args.per_item)
+    if counts["items"] == 0:
+        print("warning: the database holds no items yet; run `rlhfkit label import FILE`", file=sys.stderr)
+    settings = Settings(per_item=args.per_item, lease=timedelta(minutes=args.lease_minutes),
+                        max_body=args.max_body_kb * 1024, allowed_origins=args.allow_origin)
+    logging.getLogger("uvicorn.access").addFilter(_RedactTokens())
+    print(f"serving {counts['items']} items on http://{args.host}:{args.port} "
+          f"({args.per_item} annotator(s) per item); annotators open their private links", flush=True)
+    uvicorn.run(create_app(store, settings), host=args.host, port=args.port, log_level="info",
+                h11_max_incomplete_event_size=64 * 1024)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry point (`python -m rlhfkit.feedback`), as `rlhfkit label` would run it."""
+    parser = argparse.ArgumentParser(prog="rlhfkit label")
+    sub = parser.add_subparsers(dest="label_command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,104 @@
+"""Import of `rlhfkit generate` output and export of labels as training data.
+
+Export policy (also written into every summary):
+
+- rankings: one row per (item, annotator) with {"prompt", "completions",
+  "ranks", "annotator", "label", "item_id"}; completions in imported order,
+  rank 1 = best, equal ranks = tie. "all bad" rows are a full tie (all ranks 1,
+  "label": "all_bad"): kept, but they give no pair.
+- pairs: the N-choose-2 pairs of every ranking (`rankings_to_pairs`), one row
+  {"prompt", "chosen", "rejected", "annotator", "item_id"} per pair and
+  annotator; ties and "all bad" give none. Annotators are not merged: two
+  people who disagree give two opposite rows.
+- skips are never exported as training data.
+- raw labels: every label of every kind (skips included), per annotator, with
+  timestamps, in a second JSONL file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlhfkit import data
+from rlhfkit.errors import DataError, UserError
+from rlhfkit.feedback.agreement import ranking_agreement
+
+POLICY = {
+    "rankings": "one row per (item, annotator); all-bad = full tie (ranks all 1, label 'all_bad'); skips left out",
+    "pairs": "N-choose-2 pairs per (item, annotator) ranking; ties and all-bad give no pair; skips left out",
+    "raw": "every label of every kind (rank, all_bad, skip) per annotator with timestamps",
+    "agreement": "on pair judgments (<, >, =) per (item, pair of completions); Cohen's kappa for exactly "
+                 "two annotators, Krippendorff's alpha (nominal) for any number; all-bad counts as all ties",
+}
+
+
+def read_generated(path) -> list[tuple[object, list[str], dict]]:
+    """(prompt, completions, extra keys) per row of a `rlhfkit generate` output file."""
+    rows = []
+    for row, rec in data.read_records(path):
+        prompt = data._prompt(path, row, rec)  # same checks and messages as every other loader
+        completions = data._maybe_json(rec.get("completions"))
+        if not isinstance(completions, list) or len(completions) < 2:
+            raise DataError(path, row, "completions", "expected a list of at least 2 completions to rank "
+                            "(run `rlhfkit generate` with 2 or more samples per prompt)")
+        completions = [data._text(path, row, f"completions[{i}]", c) for i, c in enumerate(completions)]
+        if "ranks" in rec:
+            raise DataError(path, row, "ranks", "this row is already ranked; import takes unranked generate output")
+        extra = {k: v for k, v in rec.items() if k not in ("prompt", "messages", "completions")}
+        rows.append((prompt, completions, extra))
+    if not rows:
+        raise UserError(f"{path}: no rows to import")
+    return rows
+
+
+def rankings_rows(labels: list[dict]) -> list[dict]:
+    return [{"prompt": lab["prompt"], "completions": lab["completions"], "ranks": lab["ranks"],
+             "annotator": lab["annotator"], "label": lab["kind"], "item_id": lab["item_id"]}
+            for lab in labels if lab["kind"] != "skip"]
+
+
+def pairs_rows(labels: list[dict]) -> list[dict]:
+    out = []
+    for lab in labels:
+        if lab["kind"] == "skip":
+            continue
+        for chosen, rejected in data.rankings_to_pairs(lab["completions"], lab["ranks"]):
+            out.append({"prompt": lab["prompt"], "chosen": chosen, "rejected": rejected,
+                        "annotator": lab["annotator"], "item_id": lab["item_id"]})
+    return out
+
+
+def summary(labels: list[dict], counts: dict | None = None) -> dict:
+    judged = [lab for lab in labels if lab["kind"] != "skip"]
+    per_person: dict[str, dict] = {}
+    for lab in labels:
+        per_person.setdefault(lab["annotator"], {"rank": 0, "all_bad": 0, "skip": 0})[lab["kind"]] += 1
+    return {
+        "labels": {k: sum(lab["kind"] == k for lab in labels) for k in ("rank", "all_bad", "skip")},
+        "items_labelled": len({lab["item_id"] for lab in judged}),
+        "per_annotator": per_person,
+        "agreement": ranking_agreement((lab["item_id"], lab["annotator"], lab["ranks"]) for lab in judged),
+        **({"items": counts["items"], "items_complete": counts["items_complete"]} if counts else {}),
+    }
+
+
+def export(store, fmt: str, out, raw=None, summary_path=None) -> dict:
+    """Write rankings or pairs to `out`, all raw labels beside it, and a summary; returns the summary."""
+    if fmt not in ("rankings", "pairs"):
+        raise UserError(f"--format {fmt!r} is unknown; use rankings or pairs")
+    out = Path(out)
+    raw = Path(raw) if raw else out.with_name(out.stem + ".raw.jsonl")
+    summary_path = Path(summary_path) if summary_path else out.with_name(out.stem + ".summary.json")
+    if len({out.resolve(), raw.resolve(), summary_path.resolve()}) < 3:
+        raise UserError("--out, --raw and --summary must be three different files")
+    labels = store.all_labels()
+    rows = rankings_rows(labels) if fmt == "rankings" else pairs_rows(labels)
+    data.write_jsonl(out, rows)
+    data.write_jsonl(raw, [{"item_id": lab["item_id"], "annotator": lab["annotator"], "label": lab["kind"],
+                            "prompt": lab["prompt"], "completions": lab["completions"], "ranks": lab["ranks"],
+                            "meta": lab["meta"], "created_at": lab["created_at"]} for lab in labels])
+    result = {"format": fmt, "rows": len(rows), "out": str(out), "raw": str(raw), **summary(labels),
+              "policy": POLICY}
+    summary_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return result

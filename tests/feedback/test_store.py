@@ -1,0 +1,153 @@
+"""Storage and assignment rules, on SQLite and on PostgreSQL."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+
+from rlhfkit.errors import UserError
+from rlhfkit.feedback.store import AlreadyLabelled, Annotator, Label, NotAssigned, Store, Who
+
+from .helpers import add_items
+
+HOUR = timedelta(hours=1)
+
+
+def people(store, *names):
+    out = []
+    for n in names:
+        store.add_annotator(n)
+    with store.session() as s:
+        for n in names:
+            a = s.query(Annotator).filter_by(name=n).one()
+            out.append(Who(a.id, a.name, a.role))
+    return out
+
+
+def rank_in_order(store, who, item):
+    """Rank the item's completions best-first in the order they were shown."""
+    store.submit(who, item["id"], "rank", [[c["id"]] for c in item["completions"]])
+
+
+def test_import_is_idempotent_and_keeps_prompts(store):
+    chat = [{"role": "user", "content": "hi"}]
+    rows = [("a", ["x", "y"], {"model": "m"}), (chat, ["u", "v", "w"], {})]
+    assert store.import_items(rows) == (2, 0)
+    assert store.import_items(rows) == (0, 2)
+    (alice,) = people(store, "alice")
+    prompts = []
+    while (item := store.next_item(alice, 1, HOUR)) is not None:
+        prompts.append(item["prompt"])
+        store.submit(alice, item["id"], "skip", None)
+    assert sorted(map(str, prompts)) == sorted(map(str, ["a", chat]))
+
+
+def test_tokens_are_hashed_and_checked(store):
+    token = store.add_annotator("alice")
+    assert store.authenticate(token).name == "alice"
+    assert store.authenticate(token + "x") is None
+    with store.session() as s:
+        stored = [r[0] for r in s.execute(text("select token_hash from annotators"))]
+    assert token not in stored
+    with pytest.raises(UserError, match="already exists"):
+        store.add_annotator("alice")
+    new = store.add_annotator("alice", new_token=True)
+    assert store.authenticate(token) is None and store.authenticate(new).name == "alice"
+
+
+def test_each_item_gets_exactly_k_annotators(store):
+    add_items(store, 5)
+    annotators = people(store, "a", "b", "c")
+    for who in annotators:  # each takes what is left for them
+        while (item := store.next_item(who, 2, HOUR)) is not None:
+            rank_in_order(store, who, item)
+    with store.session() as s:
+        per_item = dict(s.execute(text("select item_id, count(*) from labels group by item_id")).all())
+    assert per_item == {i: 2 for i in range(1, 6)}  # 5 items x 2 annotators, none with 3
+
+
+def test_resume_returns_the_held_item_and_random_order_is_stable(store):
+    add_items(store, 3, k=4)
+    (alice,) = people(store, "alice")
+    first = store.next_item(alice, 1, HOUR)
+    again = store.next_item(alice, 1, HOUR)
+    assert again == first  # same item, same order: a reload or restart resumes
+    reopened = Store(store.url)
+    try:
+        assert reopened.next_item(alice, 1, HOUR) == first
+    finally:
+        reopened.close()
+
+
+def test_cannot_label_twice_or_unassigned(store):
+    add_items(store, 2)
+    alice, bob = people(store, "alice", "bob")
+    item = store.next_item(alice, 1, HOUR)
+    with pytest.raises(NotAssigned):
+        rank_in_order(store, bob, item)  # bob never got this item
+    rank_in_order(store, alice, item)
+    with pytest.raises(AlreadyLabelled):
+        store.submit(alice, item["id"], "skip", None)
+    assert store.progress(alice, 1, HOUR) == {"done": 1, "total": 2}
+
+
+def test_bad_rankings_are_refused(store):
+    add_items(store, 1, k=3)
+    (alice,) = people(store, "alice")
+    item = store.next_item(alice, 1, HOUR)
+    ids = [c["id"] for c in item["completions"]]
+    for bad in ([[ids[0]], [ids[1]]], [[ids[0]], [ids[0]], [ids[1]], [ids[2]]], [[ids[0], 999], ids[1:]], [], [[]]):
+        with pytest.raises(ValueError):
+            store.submit(alice, item["id"], "rank", bad)
+    store.submit(alice, item["id"], "rank", [[ids[2]], [ids[0], ids[1]]])  # a tie in second place
+    with store.session() as s:
+        lab = s.query(Label).one()
+        position = dict(s.execute(text("select id, position from completions")).all())
+    expected = [0, 0, 0]  # ranks are stored per imported position, whatever the display order
+    expected[position[ids[2]]], expected[position[ids[0]]], expected[position[ids[1]]] = 1, 2, 2
+    assert lab.ranks == expected and lab.kind == "rank"
+
+
+def test_skip_frees_the_slot_and_all_bad_is_a_full_tie(store):
+    add_items(store, 1, k=3)
+    alice, bob = people(store, "alice", "bob")
+    item = store.next_item(alice, 1, HOUR)
+    assert store.next_item(bob, 1, HOUR) is None  # the only slot is alice's
+    store.submit(alice, item["id"], "skip", None)
+    assert store.next_item(alice, 1, HOUR) is None  # a skipped item never comes back
+    got = store.next_item(bob, 1, HOUR)
+    assert got["id"] == item["id"]
+    store.submit(bob, got["id"], "all_bad", None)
+    kinds = {lab["annotator"]: (lab["kind"], lab["ranks"]) for lab in store.all_labels()}
+    assert kinds == {"alice": ("skip", None), "bob": ("all_bad", [1, 1, 1])}
+
+
+def test_idle_assignment_goes_to_someone_else_after_the_lease(store):
+    add_items(store, 1)
+    alice, bob = people(store, "alice", "bob")
+    item = store.next_item(alice, 1, HOUR)
+    assert store.next_item(bob, 1, HOUR) is None
+    with store.session.begin() as s:  # alice walked away two hours ago
+        s.execute(text("update assignments set assigned_at = assigned_at - interval '2 hours'")
+                  if store.engine.dialect.name == "postgresql"
+                  else text("update assignments set assigned_at = datetime(assigned_at, '-2 hours')"))
+    assert store.next_item(bob, 1, HOUR)["id"] == item["id"]
+    with pytest.raises(NotAssigned):
+        rank_in_order(store, alice, item)
+    rank_in_order(store, bob, store.next_item(bob, 1, HOUR))
+
+
+def test_sqlite_uses_wal(sqlite_url):
+    s = Store(sqlite_url)
+    try:
+        with s.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        s.close()
+
+
+def test_unreachable_database_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="not a database URL"):
+        Store("not a url")
+    with pytest.raises(UserError, match="cannot open database"):
+        Store(f"sqlite:///{tmp_path}/missing/dir/x.db")
