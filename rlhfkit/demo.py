@@ -1,0 +1,251 @@
+"""`rlhfkit demo`: the whole loop, offline, on the embedded default.
+
+    prompts -> K completions (smollm2-135m) -> rankings (scripted labeler, or a
+    human export) -> reward model (minilm-l6, Bradley-Terry) -> PPO with LoRA
+    -> evaluation before/after on held-out prompts -> report
+
+Every stage writes into its own folder under `--out` with a `stage.json`
+marker holding the settings it ran with; a second run reuses every stage whose
+settings (and upstream stages) are unchanged, and `--from STAGE` redoes that
+stage and everything after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Literal
+
+from rlhfkit.config import add_arguments, build_config, option, save_yaml
+from rlhfkit.errors import UserError
+
+STAGES = ("generate", "label", "reward", "ppo", "eval", "report")
+ASSETS = Path(__file__).parent / "assets"
+
+
+@dataclass
+class DemoConfig:
+    preset: Literal["default", "quick"] = option("default", "default: smollm2-135m + minilm-l6 (~20 min on 2 cores); quick: tiny models (< 2 min)")
+    out: str = option("runs/demo", "run folder: one sub-folder per stage, report.html at the top")
+    from_stage: Literal["generate", "label", "reward", "ppo", "eval", "report"] | None = option(
+        None, "redo this stage and every later one (default: reuse finished stages)")
+    feedback: str | None = option(None, "human rankings exported by `rlhfkit label export --format rankings`; replaces generate+label")
+    policy: str | None = option(None, "policy model (preset: smollm2-135m / tiny-gpt2)")
+    reward_backbone: str | None = option(None, "reward-model backbone (preset: minilm-l6 / tiny-bert)")
+    labeler: str = option("profanity", "reward spec the scripted labeler ranks completions by")
+    train_prompts: str = option(str(ASSETS / "prompts_train.jsonl"), "training prompts file")
+    heldout_prompts: str = option(str(ASSETS / "prompts_heldout.jsonl"), "held-out prompts file for evaluation")
+    n_label_prompts: int | None = option(None, "training prompts used for labelled completions (preset)")
+    k: int | None = option(None, "completions per prompt for ranking (preset)")
+    max_new_tokens: int | None = option(None, "tokens per completion, everywhere (preset)")
+    reward_epochs: int | None = option(None, "reward-model epochs (preset)")
+    ppo_steps: int | None = option(None, "PPO steps (preset)")
+    ppo_batch_size: int | None = option(None, "prompts per PPO step (preset)")
+    ppo_lr: float | None = option(None, "PPO learning rate (preset)")
+    init_kl_coef: float | None = option(None, "KL penalty coefficient beta (preset)")
+    n_eval_prompts: int | None = option(None, "held-out prompts used for evaluation (preset)")
+    mixed_precision: Literal["no", "bf16"] | None = option(None, "bf16 autocast for PPO training passes (preset)")
+    seed: int = option(0, "random seed for every stage")
+
+
+PRESETS = {
+    "default": dict(
+        policy="smollm2-135m", reward_backbone="minilm-l6", n_label_prompts=240, k=4, max_new_tokens=40,
+        reward_epochs=2, ppo_steps=30, ppo_batch_size=16, ppo_lr=2e-4, init_kl_coef=0.05, n_eval_prompts=200,
+        mixed_precision="bf16",
+    ),
+    "quick": dict(
+        policy="tiny-gpt2", reward_backbone="tiny-bert", n_label_prompts=24, k=3, max_new_tokens=8,
+        reward_epochs=1, ppo_steps=3, ppo_batch_size=8, ppo_lr=1e-3, init_kl_coef=0.05, n_eval_prompts=16,
+        mixed_precision="no",
+    ),
+}
+
+
+def resolve_preset(config: DemoConfig) -> DemoConfig:
+    """Fill every unset field from the preset."""
+    preset = PRESETS[config.preset]
+    return replace(config, **{k: v for k, v in preset.items() if getattr(config, k) is None})
+
+
+# ---------------------------------------------------------------- stage bookkeeping
+
+
+class Stages:
+    """Run each stage once per settings; record what it ran with and how long it took."""
+
+    def __init__(self, root: Path, redo_from: str | None):
+        self.root = root
+        self.redo = set(STAGES[STAGES.index(redo_from):]) if redo_from else set()
+        self.keys: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+
+    def folder(self, stage: str) -> Path:
+        return self.root / stage
+
+    def run(self, stage: str, settings: dict, upstream: tuple[str, ...], work) -> Path:
+        folder = self.folder(stage)
+        key_src = json.dumps({"settings": settings, "upstream": [self.keys[u] for u in upstream]}, sort_keys=True, default=str)
+        key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+        self.keys[stage] = key
+        marker = folder / "stage.json"
+        if stage not in self.redo and marker.exists() and json.loads(marker.read_text()).get("key") == key:
+            print(f"rlhfkit demo: [{stage}] reusing {folder}")
+            self.timings[stage] = json.loads(marker.read_text()).get("seconds", 0.0)
+            return folder
+        if marker.exists():
+            marker.unlink()
+        # Anything downstream of a stage that runs again must run again too.
+        self.redo |= set(STAGES[STAGES.index(stage):])
+        print(f"rlhfkit demo: [{stage}] running")
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        work(folder)
+        seconds = time.perf_counter() - start
+        self.timings[stage] = seconds
+        marker.write_text(json.dumps({"key": key, "settings": settings, "seconds": seconds}, indent=1, default=str))
+        print(f"rlhfkit demo: [{stage}] done in {seconds:.0f}s")
+        return folder
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+def run_demo(config: DemoConfig) -> dict:
+    from rlhfkit.data import load_prompts
+
+    config = resolve_preset(config)
+    root = Path(config.out)
+    root.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, root / "config.yaml")
+    stages = Stages(root, config.from_stage)
+    train_prompts = load_prompts(config.train_prompts)
+    heldout = load_prompts(config.heldout_prompts)[: config.n_eval_prompts]
+    if len(heldout) < config.n_eval_prompts:
+        print(f"rlhfkit demo: warning: only {len(heldout)} held-out prompts (asked for {config.n_eval_prompts})")
+    common = dict(policy=config.policy, max_new_tokens=config.max_new_tokens, seed=config.seed)
+
+    if config.feedback:
+        rankings = _use_feedback(stages, config)
+    else:
+        label_prompts = train_prompts[: config.n_label_prompts]
+        stages.run("generate", {**common, "k": config.k, "prompts": label_prompts}, (),
+                   lambda f: _generate(f, config, label_prompts))
+        stages.run("label", {"labeler": config.labeler}, ("generate",), lambda f: _label(f, stages, config))
+        rankings = stages.folder("label") / "rankings.jsonl"
+    stages.run("reward", {"backbone": config.reward_backbone, "epochs": config.reward_epochs, "seed": config.seed},
+               ("label",), lambda f: _reward(f, config, rankings))
+    ppo_settings = {**common, **{k: getattr(config, k) for k in ("ppo_steps", "ppo_batch_size", "ppo_lr", "init_kl_coef", "mixed_precision")}}
+    ppo_prompts = train_prompts  # PPO sees every training prompt, labelled or not
+    stages.run("ppo", ppo_settings, ("reward",), lambda f: _ppo(f, stages, config, ppo_prompts))
+    stages.run("eval", {**common, "n": len(heldout), "scores": ["toxicity", "vader"]}, ("ppo",),
+               lambda f: _evaluate(f, stages, config, heldout))
+    stages.run("report", {}, ("eval",), lambda f: _report(f, stages, config))
+    result = json.loads((stages.folder("eval") / "eval.json").read_text())
+    from rlhfkit.evaluation import format_summary
+
+    print(format_summary(result))
+    print("rlhfkit demo: stage times: " + ", ".join(f"{s} {t:.0f}s" for s, t in stages.timings.items()))
+    print(f"rlhfkit demo: report: {stages.folder('report') / 'report.html'}")
+    return result
+
+
+def _use_feedback(stages: Stages, config: DemoConfig) -> Path:
+    from rlhfkit.data import load_rankings
+
+    path = Path(config.feedback)
+    rankings = load_rankings(path)  # validate before any training
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    stages.keys["generate"] = digest
+    stages.run("label", {"feedback": str(path), "sha": digest}, ("generate",), lambda f: None)
+    print(f"rlhfkit demo: using {len(rankings)} human rankings from {path}")
+    return path
+
+
+def _generate(folder: Path, config: DemoConfig, prompts) -> None:
+    from rlhfkit.data import prompt_to_json, write_jsonl
+    from rlhfkit.generation import GenerationSettings, generate_completions
+    from rlhfkit.models import load_policy
+
+    policy = load_policy(config.policy)
+    completions = generate_completions(
+        policy.model, policy.tokenizer, prompts, n=config.k, batch_size=64, seed=config.seed,
+        settings=GenerationSettings(max_new_tokens=config.max_new_tokens),
+    )
+    write_jsonl(folder / "completions.jsonl",
+                [{**prompt_to_json(p), "completions": c, "model": config.policy} for p, c in zip(prompts, completions)])
+
+
+def _label(folder: Path, stages: Stages, config: DemoConfig) -> None:
+    from rlhfkit.data import write_jsonl
+    from rlhfkit.labeling import _read_completion_rows, script_label
+
+    rows = _read_completion_rows(stages.folder("generate") / "completions.jsonl")
+    records, stats = script_label(rows, config.labeler, seed=config.seed)
+    write_jsonl(folder / "rankings.jsonl", records)
+    (folder / "label_stats.json").write_text(json.dumps(stats, indent=1))
+    print(f"rlhfkit demo: {stats['rows']} rankings, {stats['pairs']} pairs (labeler {config.labeler})")
+
+
+def _reward(folder: Path, config: DemoConfig, rankings: Path) -> None:
+    from rlhfkit.reward_model import RewardConfig, train_reward_model
+
+    result = train_reward_model(RewardConfig(
+        backbone=config.reward_backbone, data=str(rankings), out=str(folder / "model"), epochs=config.reward_epochs,
+        seed=config.seed, mixed_precision="no",
+    ))
+    (folder / "reward_result.json").write_text(json.dumps(result, indent=1, default=str))
+
+
+def _ppo(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None:
+    raise NotImplementedError  # filled in with the PPO trainer
+
+
+def _evaluate(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None:
+    """Held-out prompts, before (adapters off) vs after (adapters on): the same network, no second copy."""
+    from rlhfkit.evaluation import WithoutAdapters, evaluate, save_json
+    from rlhfkit.generation import GenerationSettings
+    from rlhfkit.models import load_policy
+
+    tuned = stages.folder("ppo") / "final"
+    policy = load_policy(str(tuned))
+    result = evaluate(
+        {"before": WithoutAdapters(policy), "after": policy}, prompts, ["toxicity", "vader"], baseline_name="before",
+        settings=GenerationSettings(max_new_tokens=config.max_new_tokens), seed=config.seed, batch_size=50,
+    )
+    result["models"] = {"before": f"{config.policy} (adapters off)", "after": str(tuned)}
+    save_json(result, folder / "eval.json")
+
+
+def _report(folder: Path, stages: Stages, config: DemoConfig) -> None:
+    from rlhfkit.evaluation import format_summary
+    from rlhfkit.report import write_report
+
+    result = json.loads((stages.folder("eval") / "eval.json").read_text())
+    reward = json.loads((stages.folder("reward") / "reward_result.json").read_text())
+    timings = {stage: round(seconds, 1) for stage, seconds in stages.timings.items()}
+    write_report(
+        folder, title=f"rlhfkit demo ({config.preset}): detoxifying {config.policy}", evaluation=result,
+        metrics=stages.folder("ppo") / "metrics.jsonl", config=asdict(config), summary_text=format_summary(result),
+        extra_sections=[("Reward model", _reward_summary(reward)), ("Stage times (seconds)", timings)],
+    )
+    # The report at the top of the run folder, where people look first.
+    (stages.root / "report.html").write_bytes((folder / "report.html").read_bytes())
+
+
+def _reward_summary(result: dict) -> list[dict]:
+    return [{"epoch": i + 1, **{k: v for k, v in e.items() if isinstance(v, (int, float))}}
+            for i, e in enumerate(result.get("eval") or [])]
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="the whole pipeline on the embedded default, offline")
+    parser.add_argument("--config", help="YAML file of the fields below; flags override it")
+    parser.add_argument("--from", dest="from_stage", choices=STAGES, default=argparse.SUPPRESS,
+                        help="redo this stage and every later one (default: reuse finished stages)")
+    add_arguments(parser, DemoConfig, skip=("from_stage",))
+    parser.set_defaults(func=lambda args: (run_demo(build_config(DemoConfig, args, args.config)), 0)[1])

@@ -1,0 +1,284 @@
+"""`rlhfkit reward`: train a scalar reward model on preference pairs (Bradley-Terry).
+
+Pairs come from a pairs file or a rankings file (expanded to pairs). The model
+is a sequence classifier with one output (default backbone: the embedded
+`minilm-l6` encoder) reading (prompt, completion) as a text pair. Loss per pair:
+-log sigmoid(r_chosen - r_rejected - margin). A held-out split (by prompt, so no
+prompt's completions are in both halves) gives pairwise accuracy and loss after
+every epoch. The saved folder loads with
+`AutoModelForSequenceClassification.from_pretrained` and as a reward with
+`get_reward("FOLDER")`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlhfkit.config import add_arguments, build_config, option
+from rlhfkit.errors import UserError
+
+
+@dataclass
+class RewardConfig:
+    backbone: str = option("minilm-l6", "embedded name, hub id or folder of the encoder/classifier to train")
+    data: str = option(None, "pairs {prompt, chosen, rejected} or rankings {prompt, completions, ranks} file")
+    eval_data: str | None = option(None, "held-out pairs/rankings file (default: split --eval-fraction off --data)")
+    eval_fraction: float = option(0.1, "fraction of prompts held out for evaluation when --eval-data is not given")
+    out: str = option("runs/reward", "output folder: model, tokenizer, config.yaml, metrics.jsonl")
+    epochs: int = option(2, "passes over the training pairs")
+    batch_size: int = option(16, "pairs per optimisation step (each pair is two sequences)")
+    lr: float = option(5e-5, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.1, "fraction of steps for linear warm-up, then linear decay to 0")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)")
+    margin: float = option(0.0, "margin the chosen reward should win by: loss -log sigmoid(r_c - r_r - margin)")
+    max_length: int = option(256, "tokens per (prompt, completion) sequence; longer ones are truncated and counted")
+    mixed_precision: Literal["no", "bf16"] = option("no", "bf16 autocast for forward/backward (CPU AVX512-BF16)")
+    limit: int | None = option(None, "use only the first N pairs of --data")
+    log_every: int = option(10, "write a metrics line every N steps")
+    seed: int = option(0, "random seed (split, shuffling, head init)")
+
+
+def split_by_prompt(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out whole prompts (all their pairs) so held-out accuracy is on unseen prompts.
+
+    With a single distinct prompt, pairs are split at random instead.
+    """
+    if fraction <= 0:
+        return list(pairs), []
+    if not 0 < fraction < 1:
+        raise UserError(f"--eval-fraction must be in [0, 1), got {fraction}")
+    keys = [json.dumps(p.prompt, sort_keys=True) if not isinstance(p.prompt, str) else p.prompt for p in pairs]
+    groups = sorted(set(keys))
+    rng = random.Random(seed)
+    if len(groups) < 2:
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        n_eval = max(1, round(fraction * len(pairs))) if len(pairs) > 1 else 0
+        held = set(order[:n_eval])
+    else:
+        rng.shuffle(groups)
+        n_eval = min(len(groups) - 1, max(1, round(fraction * len(groups))))
+        held_groups = set(groups[:n_eval])
+        held = {i for i, k in enumerate(keys) if k in held_groups}
+    train = [p for i, p in enumerate(pairs) if i not in held]
+    held_out = [p for i, p in enumerate(pairs) if i in held]
+    return train, held_out
+
+
+def encode_pairs(tokenizer, pairs, max_length: int, what: str = "pairs") -> list[tuple[dict, dict]]:
+    """(chosen features, rejected features) per pair, as the reward model sees them (a text pair
+    `tokenizer(prompt, completion)`); prints how many pairs were truncated."""
+    from rlhfkit.data import prompt_text
+    from rlhfkit.rewards import encode_for_classifier
+
+    prompts = [prompt_text(p.prompt) for p in pairs]
+    chosen = encode_for_classifier(tokenizer, prompts, [p.chosen for p in pairs], True, None)
+    rejected = encode_for_classifier(tokenizer, prompts, [p.rejected for p in pairs], True, None)
+    long = [i for i, (c, r) in enumerate(zip(chosen, rejected))
+            if len(c["input_ids"]) > max_length or len(r["input_ids"]) > max_length]
+    if long:
+        print(f"rlhfkit reward: {len(long)} of {len(pairs)} {what} truncated to {max_length} tokens")
+        sub = [pairs[i] for i in long]
+        sub_prompts = [prompts[i] for i in long]
+        cut_c = encode_for_classifier(tokenizer, sub_prompts, [p.chosen for p in sub], True, max_length)
+        cut_r = encode_for_classifier(tokenizer, sub_prompts, [p.rejected for p in sub], True, max_length)
+        for i, c, r in zip(long, cut_c, cut_r):
+            chosen[i], rejected[i] = c, r
+            if c["input_ids"] == r["input_ids"]:
+                raise UserError(
+                    f"{what}: pair {i + 1} (prompt {prompts[i][:40]!r}) has identical chosen and rejected after "
+                    f"truncation to {max_length} tokens; raise --max-length"
+                )
+    return list(zip(chosen, rejected))
+
+
+def load_reward_backbone(name: str, seed: int = 0):
+    """A one-output sequence classifier (reward head freshly initialised when the backbone has none) + tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhfkit.models import load_config, load_tokenizer, resolve
+
+    config = load_config(name)
+    if getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"backbone '{name}' is an encoder-decoder model; use an encoder (BERT/RoBERTa) or a decoder")
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve(name), num_labels=1, ignore_mismatched_sizes=True
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot build a reward model from '{name}': {str(e).splitlines()[0]}") from None
+    tokenizer = load_tokenizer(name)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.id2label, model.config.label2id = {0: "reward"}, {"reward": 0}
+    model.config.problem_type = "regression"
+    model.config.rlhfkit_pair_input = True
+    return model, tokenizer
+
+
+def _rewards(model, features, pad_id, autocast):
+    import torch
+
+    from rlhfkit.rewards import collate_features
+
+    batch = collate_features(features, pad_id, next(model.parameters()).device)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return model(**batch).logits[:, 0].float()
+
+
+def evaluate_pairs(model, tokenizer, encoded, batch_size: int = 32, margin: float = 0.0, autocast: bool = False) -> dict:
+    """Pairwise accuracy (ties count half) and mean Bradley-Terry loss over encoded pairs."""
+    import torch
+
+    from rlhfkit.losses import bradley_terry_loss
+
+    if not encoded:
+        return {}
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0.0
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start:start + batch_size]
+            r = _rewards(model, [c for c, _ in chunk] + [j for _, j in chunk], tokenizer.pad_token_id, autocast)
+            rc, rr = r[: len(chunk)], r[len(chunk):]
+            total_loss += bradley_terry_loss(rc, rr, margin).item() * len(chunk)
+            correct += ((rc > rr).float() + 0.5 * (rc == rr).float()).sum().item()
+    model.train(was_training)
+    return {"loss": total_loss / len(encoded), "accuracy": correct / len(encoded), "pairs": len(encoded)}
+
+
+def _prepare(config: RewardConfig):
+    from rlhfkit.data import load_preferences
+
+    if not config.data:
+        raise UserError("no training data; pass --data FILE (pairs {prompt, chosen, rejected} or rankings)")
+    for name in ("epochs", "batch_size", "max_length"):
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    pairs = load_preferences(config.data)  # validates every row before anything is trained
+    if config.limit:
+        pairs = pairs[: config.limit]
+    if config.eval_data:
+        train, held_out = pairs, load_preferences(config.eval_data)
+    else:
+        train, held_out = split_by_prompt(pairs, config.eval_fraction, config.seed)
+    if not train:
+        raise UserError(f"{config.data}: no training pairs left after the held-out split; lower --eval-fraction")
+    return train, held_out
+
+
+def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
+    """Train, evaluate every epoch, save; returns {"train": [...per epoch], "eval": [...], "out": folder}."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    from rlhfkit.config import save_yaml
+    from rlhfkit.losses import bradley_terry_loss
+
+    train, held_out = _prepare(config)
+    out = Path(config.out)
+    random.seed(config.seed)
+    model, tokenizer = load_reward_backbone(config.backbone, config.seed)
+    train_enc = encode_pairs(tokenizer, train, config.max_length, "training pairs")
+    eval_enc = encode_pairs(tokenizer, held_out, config.max_length, "held-out pairs") if held_out else []
+    print(
+        f"rlhfkit reward: {len(train_enc)} training pairs, {len(eval_enc)} held-out pairs, backbone {config.backbone}"
+        + ("" if eval_enc else " (no held-out split: --eval-fraction 0)")
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, out / "config.yaml")
+    autocast = config.mixed_precision == "bf16"
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(train_enc) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    rng = random.Random(config.seed)
+    history = {"train": [], "eval": [], "out": str(out)}
+    step = 0
+    with open(out / "metrics.jsonl", "w", encoding="utf-8") as metrics:
+        def log(record):
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+
+        if eval_enc:
+            before = evaluate_pairs(model, tokenizer, eval_enc, config.batch_size * 2, config.margin, autocast)
+            print(f"before training: held-out loss {before['loss']:.4f}, accuracy {before['accuracy']:.1%}")
+            log({"epoch": 0, "step": 0, **{f"eval/{k}": v for k, v in before.items()}})
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            order = list(range(len(train_enc)))
+            rng.shuffle(order)
+            sums = {"loss": 0.0, "correct": 0.0, "n": 0}
+            started = time.time()
+            bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch}/{config.epochs}", unit="step",
+                       disable=not progress)
+            for start in bar:
+                chunk = [train_enc[i] for i in order[start:start + config.batch_size]]
+                r = _rewards(model, [c for c, _ in chunk] + [j for _, j in chunk], tokenizer.pad_token_id, autocast)
+                rc, rr = r[: len(chunk)], r[len(chunk):]
+                loss = bradley_terry_loss(rc, rr, config.margin)
+                if not torch.isfinite(loss):
+                    raise UserError(f"non-finite loss at epoch {epoch}, step {step + 1}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                acc = (rc > rr).float().mean().item()
+                sums["loss"] += loss.item() * len(chunk)
+                sums["correct"] += acc * len(chunk)
+                sums["n"] += len(chunk)
+                bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", acc=f"{sums['correct'] / sums['n']:.2f}")
+                if step % config.log_every == 0:
+                    log({"epoch": epoch, "step": step, "train/loss": loss.item(), "train/accuracy": acc,
+                         "lr": scheduler.get_last_lr()[0]})
+            bar.close()
+            summary = {"epoch": epoch, "loss": sums["loss"] / sums["n"], "accuracy": sums["correct"] / sums["n"],
+                       "seconds": time.time() - started}
+            history["train"].append(summary)
+            line = f"epoch {epoch}/{config.epochs}: train loss {summary['loss']:.4f}, accuracy {summary['accuracy']:.1%}"
+            record = {"epoch": epoch, "step": step, "train/epoch_loss": summary["loss"],
+                      "train/epoch_accuracy": summary["accuracy"], "seconds": summary["seconds"]}
+            if eval_enc:
+                ev = evaluate_pairs(model, tokenizer, eval_enc, config.batch_size * 2, config.margin, autocast)
+                history["eval"].append({"epoch": epoch, **ev})
+                line += f" | held-out loss {ev['loss']:.4f}, accuracy {ev['accuracy']:.1%} ({ev['pairs']} pairs)"
+                record.update({f"eval/{k}": v for k, v in ev.items()})
+            log(record)
+            print(line, flush=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    final = history["eval"][-1] if history["eval"] else None
+    if final:
+        print(f"rlhfkit reward: held-out pairwise accuracy {final['accuracy']:.1%} on {final['pairs']} pairs; "
+              f"model saved to {out}")
+    else:
+        print(f"rlhfkit reward: model saved to {out}")
+    return history
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser("reward", help="train a reward model on preference pairs or rankings (Bradley-Terry)")
+    parser.add_argument("--config", help="YAML file of the fields below; flags override it")
+    add_arguments(parser, RewardConfig)
+    parser.set_defaults(func=lambda args: _run(build_config(RewardConfig, args, args.config)))
+
+
+def _run(config: RewardConfig) -> int:
+    train_reward_model(config)
+    return 0

@@ -1,0 +1,201 @@
+"""PPOTrainer invariants on tiny models: first ratio exactly 1, zero advantages, accumulation,
+reference handling, guards, stats, response_logprobs, and the `rlhfkit ppo` command."""
+
+import math
+
+import pytest
+import torch
+
+from rlhfkit.errors import UserError
+from rlhfkit.models import load_policy
+from rlhfkit.ppo import PPOConfig, PPOTrainer
+from rlhfkit.rollout import response_logprobs
+
+PROMPTS = ["Hello there", "The quick brown fox", "Good morning", "Thank you so much", "I think you are",
+           "What a terrible", "My neighbour plays", "Please be kind"]
+
+
+def e_share(prompts, completions):
+    return [c.count("e") / max(len(c), 1) for c in completions]
+
+
+def make(model="tiny-gpt2", lora=False, **overrides):
+    fields = dict(model=model, lora=lora, output_dir=None, batch_size=8, mini_batch_size=4, max_new_tokens=6,
+                  learning_rate=1e-3, seed=0)
+    fields.update(overrides)
+    return PPOTrainer(PPOConfig(**fields), dataset=PROMPTS)
+
+
+def rollout(trainer):
+    queries = trainer.queries[:8]
+    responses = trainer.generate(queries)
+    texts = trainer.tokenizer.batch_decode(responses, skip_special_tokens=True)
+    return queries, responses, e_share(None, texts)
+
+
+@pytest.mark.parametrize("model,lora,accumulation", [("tiny-gpt2", False, 1), ("tiny-t5", False, 2),
+                                                     ("tiny-gpt2", True, 2), ("tiny-t5", True, 1)])
+def test_first_minibatch_ratio_is_exactly_one(model, lora, accumulation):
+    trainer = make(model, lora, gradient_accumulation_steps=accumulation)
+    stats = trainer.step(*rollout(trainer))
+    assert trainer.minibatch_stats[0]["ratio_max_dev"] == 0.0
+    assert trainer.minibatch_stats[0]["policy/approxkl"] == 0.0
+    # later mini-batches have moved
+    assert any(s["ratio_max_dev"] > 0 for s in trainer.minibatch_stats[1:])
+    assert stats["ppo/val/mean"] == 0.0  # the value head starts at zero
+    assert math.isfinite(stats["objective/kl"])
+
+
+def test_zero_advantages_leave_the_policy_unchanged(monkeypatch):
+    trainer = make(vf_coef=0.0)
+    original = trainer._advantages
+
+    def zero_advantages(data, scores):
+        out = original(data, scores)
+        out["advantages"] = torch.zeros_like(out["advantages"])
+        return out
+
+    monkeypatch.setattr(trainer, "_advantages", zero_advantages)
+    before = {n: p.detach().clone() for n, p in trainer.unwrapped.pretrained_model.named_parameters()}
+    trainer.step(*rollout(trainer))
+    after = dict(trainer.unwrapped.pretrained_model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_gradient_accumulation_matches_one_minibatch():
+    # one mini-batch of 8 in one pass vs in 4 micro-batches of 2: the same gradient
+    a, b = make(ppo_epochs=1, mini_batch_size=8), make(ppo_epochs=1, mini_batch_size=8, gradient_accumulation_steps=4)
+    batch = rollout(a)
+    a.step(*batch)
+    b.step(*batch)
+    for (n, p), (_, q) in zip(a.unwrapped.named_parameters(), b.unwrapped.named_parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), n
+
+
+def test_lora_reference_is_the_policy_with_adapters_disabled():
+    trainer = make(lora=True)
+    assert trainer.ref_model is None
+    base_ids = {id(p) for p in trainer.unwrapped.pretrained_model.parameters()}
+    assert len(base_ids) == sum(1 for _ in trainer.unwrapped.pretrained_model.parameters())  # one copy only
+    queries, responses, scores = rollout(trainer)
+    trainer.step(queries, responses, scores)  # adapters now differ from zero
+    plain = load_policy("tiny-gpt2", verbose=False).model
+    expected = response_logprobs(plain, queries, responses, trainer.tokenizer.pad_token_id)
+    with trainer.unwrapped.pretrained_model.disable_adapter():
+        got = response_logprobs(trainer.unwrapped.pretrained_model, queries, responses, trainer.tokenizer.pad_token_id)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(expected, got))
+    trained = response_logprobs(trainer.unwrapped, queries, responses, trainer.tokenizer.pad_token_id)
+    assert any(not torch.allclose(x, y, atol=1e-5) for x, y in zip(expected, trained))
+
+
+def test_full_finetuning_keeps_a_frozen_reference():
+    trainer = make()
+    assert trainer.ref_model is not None and not any(p.requires_grad for p in trainer.ref_model.parameters())
+    before = [p.detach().clone() for p in trainer.ref_model.parameters()]
+    trainer.step(*rollout(trainer))
+    assert all(torch.equal(x, y) for x, y in zip(before, trainer.ref_model.parameters()))
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-t5"])
+def test_response_logprobs_match_the_sampling_distribution(model):
+    policy = load_policy(model, verbose=False)
+    tok = policy.tokenizer
+    from rlhfkit.generation import encode_prompts, pad
+
+    queries = encode_prompts(tok, PROMPTS[:3])
+    ids, mask = pad(queries, tok.pad_token_id, side="right" if policy.seq2seq else "left")
+    torch.manual_seed(0)
+    out = policy.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, max_new_tokens=5,
+                                min_new_tokens=5, output_logits=True, return_dict_in_generate=True,
+                                pad_token_id=tok.pad_token_id, temperature=0.7)
+    new = out.sequences[:, 1:] if policy.seq2seq else out.sequences[:, ids.shape[1]:]
+    expected = torch.log_softmax(torch.stack(out.logits, 1).float() / 0.7, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+    lengths = [5, 3, 1]  # different response lengths in one batch
+    responses = [new[i, :n].tolist() for i, n in enumerate(lengths)]
+    got = response_logprobs(policy.model, queries, responses, tok.pad_token_id, temperature=0.7, batch_size=2)
+    assert [len(g) for g in got] == lengths
+    for i, n in enumerate(lengths):
+        assert torch.allclose(got[i], expected[i, :n], atol=1e-4)
+
+
+def test_stats_names_and_k3():
+    trainer = make(kl_estimator="k3", init_kl_coef=0.1)
+    trainer.step(*rollout(trainer))
+    stats = trainer.step(*rollout(trainer))
+    for key in ("objective/kl", "objective/entropy", "objective/kl_coef", "ppo/returns/mean",
+                "ppo/policy/advantages_mean", "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/loss/value",
+                "ppo/loss/policy", "env/reward_mean", "env/reward_std", "tokens/responses_len_mean",
+                "time/ppo/total", "ppo/policy/entropy", "ppo/val/error"):
+        assert key in stats and math.isfinite(stats[key]), key
+    assert stats["objective/kl"] >= 0  # k3 never goes negative
+    assert abs(stats["ppo/policy/advantages_mean"]) < 1e-5  # whitened
+
+
+def test_scores_eos_penalty_clip_and_normalisation():
+    trainer = make(missing_eos_penalty=1.0, score_clip=0.5)
+    eos = trainer.tokenizer.eos_token_id
+    scores = trainer._process_scores(torch.tensor([0.2, 0.2, 3.0]), [[5, eos], [5, 6], [eos]])
+    assert torch.allclose(scores, torch.tensor([0.2, -0.5, 0.5]))
+    trainer = make(normalize_scores=True)
+    scores = trainer._process_scores(torch.tensor([1.0, 2.0, 3.0]), [[1]] * 3)
+    assert torch.allclose(scores, torch.tensor([-1.0, 0.0, 1.0]) / math.sqrt(2 / 3), atol=1e-5)
+
+
+def test_non_finite_rewards_are_skipped_then_stop_the_run():
+    trainer = make(max_bad_steps=2)
+    queries, responses, _ = rollout(trainer)
+    before = [p.detach().clone() for p in trainer.unwrapped.parameters()]
+    with pytest.warns(UserWarning, match="non-finite reward"):
+        stats = trainer.step(queries, responses, [float("nan")] * 8)
+    assert stats["ppo/skipped"] == 1.0 and trainer.skipped_steps == 1
+    assert all(torch.equal(x, y) for x, y in zip(before, trainer.unwrapped.parameters()))
+    with pytest.raises(UserError, match="2 steps in a row skipped.*prompt"):
+        trainer.step(queries, responses, [float("inf")] * 8)
+
+
+def test_bad_inputs_are_user_errors():
+    with pytest.raises(UserError, match="mini_batch_size must be a multiple"):
+        make(mini_batch_size=4, gradient_accumulation_steps=3)
+    trainer = make()
+    with pytest.raises(UserError, match="as many queries"):
+        trainer.step([[1, 2]], [[3], [4]], [1.0])
+    with pytest.raises(UserError, match="empty response"):
+        trainer.step([[1, 2]], [[]], [1.0])
+
+
+def test_train_writes_the_run_folder(tmp_path):
+    import json
+
+    trainer = make(output_dir=str(tmp_path / "run"), steps=2, samples_per_step=2)
+    history = trainer.train(e_share)
+    run = tmp_path / "run"
+    assert len(history) == 2 and (run / "config.yaml").exists()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and "objective/kl" in rows[0]
+    assert len((run / "samples.jsonl").read_text().splitlines()) == 4
+    assert (run / "checkpoints" / "step-2" / "trainer_state.json").exists()
+    assert (run / "model" / "value_head.safetensors").exists() and (run / "model" / "config.json").exists()
+
+
+def test_cli_yaml_with_flag_overrides(tmp_path, monkeypatch):
+    import json
+    import sys
+    import types
+
+    from rlhfkit.cli import main
+
+    module = types.ModuleType("ppo_test_rewards")
+    module.e_share = e_share
+    monkeypatch.setitem(sys.modules, "ppo_test_rewards", module)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    config = tmp_path / "ppo.yaml"
+    config.write_text(f"model: tiny-t5\nprompts: {prompts}\nreward: ppo_test_rewards:e_share\nlora: false\n"
+                      f"batch_size: 4\nmini_batch_size: 2\nmax_new_tokens: 4\nsteps: 5\noutput_dir: {tmp_path / 'run'}\n")
+    assert main(["ppo", "--config", str(config), "--steps", "1", "--lora"]) == 0
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "steps: 1" in saved and "lora: true" in saved
+    assert main(["ppo", "--resume", str(tmp_path / "run"), "--steps", "2"]) == 0
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2]
+    assert main(["ppo", "--model", "tiny-gpt2", "--steps", "1"]) == 2  # no prompts: a one-line error
