@@ -111,17 +111,30 @@ def peer_requirements() -> list[str]:
 
 def ensure_peer_venv() -> Path:
     """bench/.venv-trl with trl 1.12.0 on the project's own torch/transformers/peft/accelerate/datasets."""
+    import fcntl
+
     python = PEER_VENV / "bin" / "python"
     stamp = PEER_VENV / ".bench-installed"
     reqs = peer_requirements()
-    if python.exists() and stamp.exists() and stamp.read_text().split() == reqs:
-        return python
-    print(f"bench: installing the peer venv {PEER_VENV.relative_to(ROOT)}: {' '.join(reqs)} (a minute or two, once)")
-    if not python.exists():
-        base = getattr(sys, "_base_executable", None) or "python3"
-        subprocess.run([base, "-m", "venv", str(PEER_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), *reqs], check=True)
-    stamp.write_text("\n".join(reqs) + "\n")
+    import tempfile
+
+    lock_path = Path(tempfile.gettempdir()) / "rlhfkit-bench-venv-trl.lock"
+    with open(lock_path, "w") as lock:  # two bench runs never build it at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if python.exists() and stamp.exists() and stamp.read_text().split() == reqs:
+            return python
+        print(f"bench: installing the peer venv {PEER_VENV.relative_to(ROOT)}: {' '.join(reqs)} (a minute or two, once)")
+        if not (PEER_VENV / "pyvenv.cfg").exists() or not python.exists():
+            base = getattr(sys, "_base_executable", None) or "python3"
+            subprocess.run([base, "-m", "venv", "--clear", str(PEER_VENV)], check=True)
+        # Never let pip run as the base interpreter (a half-made venv would install globally).
+        probe = subprocess.run([str(python), "-c", "import sys; print(sys.prefix != sys.base_prefix)"],
+                               capture_output=True, text=True)
+        if probe.stdout.strip() != "True":
+            raise SystemExit(f"bench: {python} is not a virtual environment; remove {PEER_VENV} and run again")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), *reqs],
+                       check=True)
+        stamp.write_text("\n".join(reqs) + "\n")
     return python
 
 
@@ -192,6 +205,7 @@ def run_side(python: Path, script: str, spec: dict, log_path: Path, threads: int
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
+    spec_path.unlink(missing_ok=True)
     if result is None or proc.returncode != 0:
         return {"error": f"exit code {proc.returncode}; log: {log_path.relative_to(ROOT)}", "wall_s": wall}
     result["os_peak_rss_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB
