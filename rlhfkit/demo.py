@@ -46,6 +46,7 @@ class DemoConfig:
     ppo_steps: int | None = option(None, "PPO steps (preset)")
     ppo_batch_size: int | None = option(None, "prompts per PPO step (preset)")
     ppo_lr: float | None = option(None, "PPO learning rate (preset)")
+    ppo_epochs: int | None = option(None, "PPO optimisation epochs per batch (preset)")
     init_kl_coef: float | None = option(None, "KL penalty coefficient beta (preset)")
     n_eval_prompts: int | None = option(None, "held-out prompts used for evaluation (preset)")
     mixed_precision: Literal["no", "bf16"] | None = option(None, "bf16 autocast for PPO training passes (preset)")
@@ -55,12 +56,12 @@ class DemoConfig:
 PRESETS = {
     "default": dict(
         policy="smollm2-135m", reward_backbone="minilm-l6", n_label_prompts=240, k=4, max_new_tokens=40,
-        reward_epochs=2, ppo_steps=30, ppo_batch_size=16, ppo_lr=2e-4, init_kl_coef=0.05, n_eval_prompts=200,
+        reward_epochs=2, ppo_steps=30, ppo_batch_size=16, ppo_lr=2e-4, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=200,
         mixed_precision="bf16",
     ),
     "quick": dict(
         policy="tiny-gpt2", reward_backbone="tiny-bert", n_label_prompts=24, k=3, max_new_tokens=8,
-        reward_epochs=1, ppo_steps=3, ppo_batch_size=8, ppo_lr=1e-3, init_kl_coef=0.05, n_eval_prompts=16,
+        reward_epochs=1, ppo_steps=3, ppo_batch_size=8, ppo_lr=1e-3, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=16,
         mixed_precision="no",
     ),
 }
@@ -139,7 +140,7 @@ def run_demo(config: DemoConfig) -> dict:
         rankings = stages.folder("label") / "rankings.jsonl"
     stages.run("reward", {"backbone": config.reward_backbone, "epochs": config.reward_epochs, "seed": config.seed},
                ("label",), lambda f: _reward(f, config, rankings))
-    ppo_settings = {**common, **{k: getattr(config, k) for k in ("ppo_steps", "ppo_batch_size", "ppo_lr", "init_kl_coef", "mixed_precision")}}
+    ppo_settings = {**common, **{k: getattr(config, k) for k in ("ppo_steps", "ppo_batch_size", "ppo_lr", "ppo_epochs", "init_kl_coef", "mixed_precision")}}
     ppo_prompts = train_prompts  # PPO sees every training prompt, labelled or not
     stages.run("ppo", ppo_settings, ("reward",), lambda f: _ppo(f, stages, config, ppo_prompts))
     stages.run("eval", {**common, "n": len(heldout), "scores": ["toxicity", "vader"]}, ("ppo",),
@@ -202,7 +203,17 @@ def _reward(folder: Path, config: DemoConfig, rankings: Path) -> None:
 
 
 def _ppo(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None:
-    raise NotImplementedError  # filled in with the PPO trainer
+    from rlhfkit.ppo import PPOConfig, PPOTrainer
+    from rlhfkit.rewards import get_reward
+
+    ppo_config = PPOConfig(
+        model=config.policy, lora=True, output_dir=str(folder), steps=config.ppo_steps, batch_size=config.ppo_batch_size,
+        mini_batch_size=max(1, config.ppo_batch_size // 2), ppo_epochs=config.ppo_epochs, learning_rate=config.ppo_lr,
+        init_kl_coef=config.init_kl_coef, adaptive_kl=False, max_new_tokens=config.max_new_tokens,
+        mixed_precision=config.mixed_precision, seed=config.seed, save_every=10, normalize_scores=True,
+    )
+    reward = get_reward(str(stages.folder("reward") / "model"))
+    PPOTrainer(ppo_config, dataset=prompts).train(reward)
 
 
 def _evaluate(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None:
@@ -211,7 +222,7 @@ def _evaluate(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None
     from rlhfkit.generation import GenerationSettings
     from rlhfkit.models import load_policy
 
-    tuned = stages.folder("ppo") / "final"
+    tuned = stages.folder("ppo") / "model"
     policy = load_policy(str(tuned))
     result = evaluate(
         {"before": WithoutAdapters(policy), "after": policy}, prompts, ["toxicity", "vader"], baseline_name="before",

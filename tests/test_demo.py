@@ -1,0 +1,81 @@
+"""`rlhfkit demo --preset quick`: the whole pipeline end to end on tiny models."""
+
+import json
+import math
+
+import pytest
+
+from rlhfkit.cli import main
+
+
+def _finite_numbers(obj):
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return
+    if isinstance(obj, (int, float)):
+        assert math.isfinite(obj), obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _finite_numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            _finite_numbers(v)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--preset", "quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_demo_writes_every_stage_and_the_report(quick_run):
+    for stage in ("generate", "label", "reward", "ppo", "eval", "report"):
+        assert (quick_run / stage / "stage.json").exists(), stage
+    html = (quick_run / "report.html").read_text()
+    assert "toxicity" in html and "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html
+    result = json.loads((quick_run / "eval" / "eval.json").read_text())
+    change = result["changes"]["after"]["toxicity"]
+    for key in ("before_mean", "after_mean", "relative_change", "diff"):
+        assert math.isfinite(change[key]), key
+    for model in ("before", "after"):
+        assert math.isfinite(result["summary"][model]["toxicity"]["mean"])
+        assert math.isfinite(result["summary"][model]["toxicity"]["std"])
+    assert math.isfinite(result["kl"]["after"]["mean"])
+    metrics = [json.loads(line) for line in (quick_run / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3
+    for row in metrics:
+        _finite_numbers({k: row[k] for k in ("env/reward_mean", "objective/kl")})
+    rankings = [json.loads(line) for line in (quick_run / "label" / "rankings.jsonl").read_text().splitlines()]
+    assert rankings and all(sorted(set(r["ranks"]))[0] == 1 for r in rankings)
+
+
+def test_second_run_reuses_stages_and_from_redoes_the_tail(quick_run, capsys):
+    before = {s: (quick_run / s / "stage.json").stat().st_mtime_ns for s in ("generate", "reward", "ppo", "eval")}
+    assert main(["demo", "--preset", "quick", "--out", str(quick_run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reusing") == 6
+    assert main(["demo", "--preset", "quick", "--out", str(quick_run), "--from", "eval"]) == 0
+    out = capsys.readouterr().out
+    assert "[ppo] reusing" in out and "[eval] running" in out and "[report] running" in out
+    after = {s: (quick_run / s / "stage.json").stat().st_mtime_ns for s in ("generate", "reward", "ppo", "eval")}
+    assert after["generate"] == before["generate"] and after["ppo"] == before["ppo"]
+    assert after["eval"] != before["eval"]
+
+
+def test_human_feedback_file_replaces_generate_and_label(tmp_path, write_jsonl, capsys):
+    rows = [{"prompt": f"prompt {i}", "completions": ["thanks, kind words", "you idiot, shut up", "ok"],
+             "ranks": [1, 3, 2]} for i in range(12)]
+    feedback = write_jsonl(rows, "human.jsonl")
+    out = tmp_path / "run"
+    assert main(["demo", "--preset", "quick", "--out", str(out), "--feedback", str(feedback),
+                 "--ppo-steps", "1", "--n-eval-prompts", "4"]) == 0
+    assert "using 12 human rankings" in capsys.readouterr().out
+    assert not (out / "generate").exists() and (out / "report.html").exists()
+
+
+def test_bad_feedback_file_stops_before_training(tmp_path, write_jsonl, capsys):
+    feedback = write_jsonl([{"prompt": "p", "completions": ["a", "b"], "ranks": [1, 7]}], "bad.jsonl")
+    assert main(["demo", "--preset", "quick", "--out", str(tmp_path / "run"), "--feedback", str(feedback)]) == 2
+    err = capsys.readouterr().err
+    assert "row 1" in err and "'ranks'" in err and not (tmp_path / "run" / "reward").exists()
