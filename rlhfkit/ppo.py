@@ -155,7 +155,7 @@ class PPOTrainer:
     # ------------------------------------------------------------ setup
 
     def _load_model(self, model, tokenizer):
-        from rlhfkit.models import LoraOptions, load_policy, load_tokenizer
+        from rlhfkit.models import LoraOptions, load_policy
 
         if model is None or isinstance(model, str):
             lora = LoraOptions(r=self.config.lora_r, alpha=self.config.lora_alpha) if self.config.lora else None
@@ -164,7 +164,7 @@ class PPOTrainer:
         if not isinstance(model, ModelWithValueHead):
             model = ModelWithValueHead(model)
         if tokenizer is None:
-            tokenizer = load_tokenizer(self.config.model)
+            raise UserError("PPOTrainer got a model object but no tokenizer; pass tokenizer=...")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer
