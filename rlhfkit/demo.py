@@ -37,12 +37,14 @@ class DemoConfig:
     policy: str | None = option(None, "policy model (preset: smollm2-135m / tiny-gpt2)")
     reward_backbone: str | None = option(None, "reward-model backbone (preset: minilm-l6 / tiny-bert)")
     labeler: str = option("profanity", "reward spec the scripted labeler ranks completions by")
+    tie_threshold: float = option(0.05, "the scripted labeler ties completions whose scores differ by at most this")
     train_prompts: str = option(str(ASSETS / "prompts_train.jsonl"), "training prompts file")
     heldout_prompts: str = option(str(ASSETS / "prompts_heldout.jsonl"), "held-out prompts file for evaluation")
     n_label_prompts: int | None = option(None, "training prompts used for labelled completions (preset)")
     k: int | None = option(None, "completions per prompt for ranking (preset)")
     max_new_tokens: int | None = option(None, "tokens per completion, everywhere (preset)")
     reward_epochs: int | None = option(None, "reward-model epochs (preset)")
+    reward_lr: float | None = option(None, "reward-model learning rate (preset)")
     ppo_steps: int | None = option(None, "PPO steps (preset)")
     ppo_batch_size: int | None = option(None, "prompts per PPO step (preset)")
     ppo_lr: float | None = option(None, "PPO learning rate (preset)")
@@ -55,13 +57,13 @@ class DemoConfig:
 
 PRESETS = {
     "default": dict(
-        policy="smollm2-135m", reward_backbone="minilm-l6", n_label_prompts=240, k=4, max_new_tokens=40,
-        reward_epochs=2, ppo_steps=30, ppo_batch_size=16, ppo_lr=2e-4, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=200,
-        mixed_precision="bf16",
+        policy="smollm2-135m", reward_backbone="minilm-l6", n_label_prompts=160, k=4, max_new_tokens=32,
+        reward_epochs=3, reward_lr=1e-4, ppo_steps=20, ppo_batch_size=16, ppo_lr=1e-4, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=200,
+        mixed_precision="no",
     ),
     "quick": dict(
         policy="tiny-gpt2", reward_backbone="tiny-bert", n_label_prompts=24, k=3, max_new_tokens=8,
-        reward_epochs=1, ppo_steps=3, ppo_batch_size=8, ppo_lr=1e-3, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=16,
+        reward_epochs=1, reward_lr=1e-4, ppo_steps=3, ppo_batch_size=8, ppo_lr=1e-3, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=16,
         mixed_precision="no",
     ),
 }
@@ -136,9 +138,10 @@ def run_demo(config: DemoConfig) -> dict:
         label_prompts = train_prompts[: config.n_label_prompts]
         stages.run("generate", {**common, "k": config.k, "prompts": label_prompts}, (),
                    lambda f: _generate(f, config, label_prompts))
-        stages.run("label", {"labeler": config.labeler}, ("generate",), lambda f: _label(f, stages, config))
+        stages.run("label", {"labeler": config.labeler, "tie_threshold": config.tie_threshold}, ("generate",), lambda f: _label(f, stages, config))
         rankings = stages.folder("label") / "rankings.jsonl"
-    stages.run("reward", {"backbone": config.reward_backbone, "epochs": config.reward_epochs, "seed": config.seed},
+    stages.run("reward", {"backbone": config.reward_backbone, "epochs": config.reward_epochs, "lr": config.reward_lr,
+                         "seed": config.seed},
                ("label",), lambda f: _reward(f, config, rankings))
     ppo_settings = {**common, **{k: getattr(config, k) for k in ("ppo_steps", "ppo_batch_size", "ppo_lr", "ppo_epochs", "init_kl_coef", "mixed_precision")}}
     ppo_prompts = train_prompts  # PPO sees every training prompt, labelled or not
@@ -186,7 +189,7 @@ def _label(folder: Path, stages: Stages, config: DemoConfig) -> None:
     from rlhfkit.labeling import _read_completion_rows, script_label
 
     rows = _read_completion_rows(stages.folder("generate") / "completions.jsonl")
-    records, stats = script_label(rows, config.labeler, seed=config.seed)
+    records, stats = script_label(rows, config.labeler, tie_threshold=config.tie_threshold, seed=config.seed)
     write_jsonl(folder / "rankings.jsonl", records)
     (folder / "label_stats.json").write_text(json.dumps(stats, indent=1))
     print(f"rlhfkit demo: {stats['rows']} rankings, {stats['pairs']} pairs (labeler {config.labeler})")
@@ -196,7 +199,7 @@ def _reward(folder: Path, config: DemoConfig, rankings: Path) -> None:
     from rlhfkit.reward_model import RewardConfig, train_reward_model
 
     result = train_reward_model(RewardConfig(
-        backbone=config.reward_backbone, data=str(rankings), out=str(folder / "model"), epochs=config.reward_epochs,
+        backbone=config.reward_backbone, data=str(rankings), out=str(folder / "model"), epochs=config.reward_epochs, lr=config.reward_lr,
         seed=config.seed, mixed_precision="no",
     ))
     (folder / "reward_result.json").write_text(json.dumps(result, indent=1, default=str))
