@@ -125,3 +125,21 @@ def save_yaml(config, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+def add_config_command(subparsers, name: str, help: str, cls, run, skip: tuple[str, ...] = ()):
+    """Register `rlhfkit NAME`: `--config FILE.yaml` plus one flag per field of `cls`.
+
+    `run(config)` does the work; a non-integer result counts as success (exit 0).
+    Returns the parser, for commands that add flags of their own.
+    """
+    parser = subparsers.add_parser(name, help=help)
+    parser.add_argument("--config", help="YAML file of the fields below; flags override it")
+    add_arguments(parser, cls, skip=skip)
+
+    def _func(args) -> int:
+        result = run(build_config(cls, args, args.config))
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+    parser.set_defaults(func=_func)
+    return parser

@@ -135,7 +135,7 @@ def _column(path, row, record, name):
     return record[name]
 
 
-def _maybe_json(value):
+def maybe_json(value):
     """CSV cells hold lists as JSON text."""
     if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
         try:
@@ -145,7 +145,7 @@ def _maybe_json(value):
     return value
 
 
-def _text(path, row, column, value) -> str:
+def parse_text(path, row, column, value) -> str:
     if not isinstance(value, str):
         raise DataError(path, row, column, f"expected text, got {type(value).__name__}")
     if not value.strip():
@@ -153,8 +153,8 @@ def _text(path, row, column, value) -> str:
     return value
 
 
-def _messages(path, row, column, value) -> list[Message]:
-    value = _maybe_json(value)
+def parse_messages(path, row, column, value) -> list[Message]:
+    value = maybe_json(value)
     if not isinstance(value, list) or not value:
         raise DataError(path, row, column, "expected a non-empty list of {role, content} messages")
     for i, m in enumerate(value):
@@ -162,23 +162,23 @@ def _messages(path, row, column, value) -> list[Message]:
             raise DataError(path, row, column, f"message {i} is not a {{role, content}} object")
         if m["role"] not in ("system", "user", "assistant"):
             raise DataError(path, row, column, f"message {i} has unknown role {m['role']!r}")
-        _text(path, row, f"{column}[{i}].content", m["content"])
+        parse_text(path, row, f"{column}[{i}].content", m["content"])
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def _prompt(path, row, record) -> Prompt:
+def parse_prompt(path, row, record) -> Prompt:
     if "prompt" in record and record["prompt"] is not None:
-        value = _maybe_json(record["prompt"])
+        value = maybe_json(record["prompt"])
         if isinstance(value, list):
-            return _messages(path, row, "prompt", value)
-        return _text(path, row, "prompt", value)
+            return parse_messages(path, row, "prompt", value)
+        return parse_text(path, row, "prompt", value)
     if "messages" in record and record["messages"] is not None:
-        return _messages(path, row, "messages", record["messages"])
+        return parse_messages(path, row, "messages", record["messages"])
     _column(path, row, record, "prompt")  # raises "missing column"
 
 
 def _validate_ranks(path, row, ranks, n) -> list[int]:
-    ranks = _maybe_json(ranks)
+    ranks = maybe_json(ranks)
     if not isinstance(ranks, list):
         raise DataError(path, row, "ranks", f"expected a list of integers, got {type(ranks).__name__}")
     if len(ranks) != n:
@@ -203,7 +203,7 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     records = read_records(path)
     if not records:
         raise UserError(f"{path}: no rows; a prompts file needs one {{\"prompt\": ...}} per row")
-    return [_prompt(path, row, rec) for row, rec in records]
+    return [parse_prompt(path, row, rec) for row, rec in records]
 
 
 def load_rankings(path: str | Path) -> list[Ranking]:
@@ -217,11 +217,11 @@ def load_rankings(path: str | Path) -> list[Ranking]:
 
 
 def _ranking(path, row, rec) -> Ranking:
-    prompt = _prompt(path, row, rec)
-    completions = _maybe_json(_column(path, row, rec, "completions"))
+    prompt = parse_prompt(path, row, rec)
+    completions = maybe_json(_column(path, row, rec, "completions"))
     if not isinstance(completions, list) or len(completions) < 2:
         raise DataError(path, row, "completions", "expected a list of at least 2 completions")
-    completions = [_text(path, row, f"completions[{i}]", c) for i, c in enumerate(completions)]
+    completions = [parse_text(path, row, f"completions[{i}]", c) for i, c in enumerate(completions)]
     ranks = _validate_ranks(path, row, _column(path, row, rec, "ranks"), len(completions))
     return Ranking(prompt, completions, ranks)
 
@@ -248,14 +248,14 @@ def load_preferences(path: str | Path) -> list[Preference]:
 
 
 def _preference(path, row, rec) -> Preference:
-    chosen = _maybe_json(_column(path, row, rec, "chosen"))
-    rejected = _maybe_json(_column(path, row, rec, "rejected"))
+    chosen = maybe_json(_column(path, row, rec, "chosen"))
+    rejected = maybe_json(_column(path, row, rec, "rejected"))
     if isinstance(chosen, list) or isinstance(rejected, list):
         # Conversational variant: shared prompt messages, then one assistant reply each.
-        chosen_m = _messages(path, row, "chosen", chosen)
-        rejected_m = _messages(path, row, "rejected", rejected)
+        chosen_m = parse_messages(path, row, "chosen", chosen)
+        rejected_m = parse_messages(path, row, "rejected", rejected)
         if "prompt" in rec and rec["prompt"] is not None:
-            prompt = _prompt(path, row, rec)
+            prompt = parse_prompt(path, row, rec)
         else:
             prompt = chosen_m[:-1]
             if chosen_m[:-1] != rejected_m[:-1]:
@@ -267,9 +267,9 @@ def _preference(path, row, rec) -> Preference:
                 raise DataError(path, row, col, "the last message must be the assistant's reply")
         chosen, rejected = chosen_m[-1]["content"], rejected_m[-1]["content"]
     else:
-        prompt = _prompt(path, row, rec)
-        chosen = _text(path, row, "chosen", chosen)
-        rejected = _text(path, row, "rejected", rejected)
+        prompt = parse_prompt(path, row, rec)
+        chosen = parse_text(path, row, "chosen", chosen)
+        rejected = parse_text(path, row, "rejected", rejected)
     if chosen.strip() == rejected.strip():
         raise DataError(path, row, "rejected", "chosen is identical to rejected; a pair needs two different texts")
     return Preference(prompt, chosen, rejected)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
-from rlhfkit.config import add_arguments, build_config, option, save_yaml
+from rlhfkit.config import add_config_command, option, save_yaml
 from rlhfkit.errors import UserError
 
 STAGES = ("generate", "label", "reward", "ppo", "eval", "report")
@@ -257,9 +257,7 @@ def _reward_summary(result: dict) -> list[dict]:
 
 
 def add_command(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="the whole pipeline on the embedded default, offline")
-    parser.add_argument("--config", help="YAML file of the fields below; flags override it")
+    parser = add_config_command(subparsers, "demo", "the whole pipeline on the embedded default, offline", DemoConfig,
+                                run_demo, skip=("from_stage",))
     parser.add_argument("--from", dest="from_stage", choices=STAGES, default=argparse.SUPPRESS,
                         help="redo this stage and every later one (default: reuse finished stages)")
-    add_arguments(parser, DemoConfig, skip=("from_stage",))
-    parser.set_defaults(func=lambda args: (run_demo(build_config(DemoConfig, args, args.config)), 0)[1])

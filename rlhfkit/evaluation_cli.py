@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhfkit.config import add_arguments, build_config, option, to_dict
+from rlhfkit.config import add_config_command, option, to_dict
 
 HELDOUT = Path(__file__).parent / "assets" / "prompts_heldout.jsonl"
 RECOMMENDED_PROMPTS = 200
@@ -95,7 +95,5 @@ def run_eval(config: EvalConfig) -> dict:
 
 
 def add_command(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="a model vs a baseline on held-out prompts, with bootstrap CIs and a report")
-    parser.add_argument("--config", help="YAML file of the fields below; flags override it")
-    add_arguments(parser, EvalConfig)
-    parser.set_defaults(func=lambda args: (run_eval(build_config(EvalConfig, args, args.config)), 0)[1])
+    add_config_command(subparsers, "eval", "a model vs a baseline on held-out prompts, with bootstrap CIs and a report",
+                       EvalConfig, run_eval)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlhfkit.config import add_arguments, build_config, option
+from rlhfkit.config import add_config_command, option
 
 
 @dataclass
@@ -52,7 +52,5 @@ def run_generate(config: GenerateConfig) -> int:
 
 
 def add_command(subparsers) -> None:
-    parser = subparsers.add_parser("generate", help="sample K completions per prompt (rankings format minus ranks)")
-    parser.add_argument("--config", help="YAML file of the fields below; flags override it")
-    add_arguments(parser, GenerateConfig)
-    parser.set_defaults(func=lambda args: run_generate(build_config(GenerateConfig, args, args.config)))
+    add_config_command(subparsers, "generate", "sample K completions per prompt (rankings format minus ranks)",
+                       GenerateConfig, run_generate)

@@ -47,15 +47,15 @@ def rank_scores(scores: Sequence[float], tie_threshold: float = 0.0) -> list[int
 
 
 def _read_completion_rows(path) -> list[tuple[int, object, list[str]]]:
-    from rlhfkit.data import _maybe_json, _prompt, read_records
+    from rlhfkit.data import maybe_json, parse_prompt, read_records
 
     rows = []
     for row, rec in read_records(path):
-        prompt = _prompt(path, row, rec)
+        prompt = parse_prompt(path, row, rec)
         if "completions" not in rec or rec["completions"] is None:
             have = ", ".join(sorted(rec)) or "none"
             raise DataError(path, row, "completions", f"missing column (columns present: {have})")
-        completions = _maybe_json(rec["completions"])
+        completions = maybe_json(rec["completions"])
         if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
             raise DataError(path, row, "completions", "expected a list of completion texts")
         rows.append((row, prompt, completions))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rlhfkit.config import add_arguments, build_config, option
+from rlhfkit.config import add_config_command, option
 from rlhfkit.errors import UserError
 
 
@@ -273,12 +273,5 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
 
 
 def add_command(subparsers) -> None:
-    parser = subparsers.add_parser("reward", help="train a reward model on preference pairs or rankings (Bradley-Terry)")
-    parser.add_argument("--config", help="YAML file of the fields below; flags override it")
-    add_arguments(parser, RewardConfig)
-    parser.set_defaults(func=lambda args: _run(build_config(RewardConfig, args, args.config)))
-
-
-def _run(config: RewardConfig) -> int:
-    train_reward_model(config)
-    return 0
+    add_config_command(subparsers, "reward", "train a reward model on preference pairs or rankings (Bradley-Terry)",
+                       RewardConfig, train_reward_model)

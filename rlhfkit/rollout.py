@@ -14,6 +14,7 @@ left-padded prompts, so log-probs here match the distribution that was sampled.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -86,10 +87,68 @@ def forward(model, batch: Batch, temperature: float = 1.0, with_values: bool = T
         logits, values = _plain_logits(model, batch), None
     logits = logits[:, -batch.width:] if logits.shape[1] != batch.width else logits
     if temperature != 1.0:
-        logits = logits / temperature
+        logits = logits.div_(temperature)  # in place: one full-vocabulary copy fewer (autograd handles it)
     logprobs = logprobs_from_logits(logits, batch.responses)
     entropy = entropy_from_logits(logits.detach()) if with_entropy else None
     return logprobs, (values.float() if values is not None else None), entropy
+
+
+def rollout_pass(model, micro_batches, ref_batches, ref_logprobs, temperature: float, n: int, device) -> dict:
+    """Old log-probs, values, entropy, mask and reference log-probs, [n, R] each, in batch order.
+
+    `micro_batches`: (indices, Batch) pairs, the first PPO epoch's micro-batches: the
+    policy runs on exactly those, with grad enabled as in the update (attention kernels
+    may differ between grad and no-grad mode), so the first probability ratio is
+    exactly 1; each graph is dropped at once. `ref_batches`: (indices, Batch) pairs
+    for `ref_logprobs(batch)`, run in inference mode (any grouping: larger is faster).
+    """
+    width = max(b.width for _, b in micro_batches)
+    out = {k: torch.zeros(n, width, device=device) for k in ("logprobs", "ref_logprobs", "values", "entropy", "mask")}
+
+    def put(idx, batch, **values):
+        rows = torch.tensor(idx, device=device)
+        for key, value in values.items():
+            out[key][rows, :batch.width] = value.float()
+
+    for idx, batch in micro_batches:
+        with torch.enable_grad():
+            lp, values, ent = forward(model, batch, temperature, with_entropy=True)
+        put(idx, batch, logprobs=lp.detach(), values=values.detach(), entropy=ent, mask=batch.mask)
+        del lp, values, ent
+    with torch.inference_mode():
+        for idx, batch in ref_batches:
+            put(idx, batch, ref_logprobs=ref_logprobs(batch))
+    return out
+
+
+@contextlib.contextmanager
+def adapters_disabled(peft_model, layers: list | None = None):
+    """`peft_model.disable_adapter()` for LoRA-style adapters, without its walk over every module.
+
+    `layers` (from `adapter_layers`) are the modules holding a `_disable_adapters`
+    flag; they are switched off and restored. Other adapter kinds (prompt
+    learning, adaption prompt) use peft's own context manager.
+    """
+    if layers is None:
+        with peft_model.disable_adapter():
+            yield
+        return
+    before = [m._disable_adapters for m in layers]
+    for m in layers:
+        m._disable_adapters = True
+    try:
+        yield
+    finally:
+        for m, state in zip(layers, before):
+            m._disable_adapters = state
+
+
+def adapter_layers(peft_model) -> list | None:
+    """The modules `adapters_disabled` flips, or None when peft's own context manager is needed."""
+    config = peft_model.peft_config[peft_model.active_adapter]
+    if getattr(config, "is_prompt_learning", False) or getattr(config, "is_adaption_prompt", False):
+        return None
+    return [m for m in peft_model.modules() if hasattr(m, "_disable_adapters")]
 
 
 def _plain_logits(model, batch: Batch) -> torch.Tensor:

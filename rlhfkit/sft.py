@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rlhfkit.config import add_arguments, build_config, option
+from rlhfkit.config import add_config_command, option
 from rlhfkit.errors import DataError, UserError
 
 
@@ -70,11 +70,11 @@ def load_sft_rows(path) -> list[SFTExample]:
 
 
 def _sft_row(path, row, rec) -> SFTExample:
-    from rlhfkit.data import _maybe_json, _messages, _prompt, _text
+    from rlhfkit.data import maybe_json, parse_messages, parse_prompt, parse_text
 
     has_prompt = rec.get("prompt") is not None
     if not has_prompt and rec.get("messages") is not None:
-        messages = _messages(path, row, "messages", rec["messages"])
+        messages = parse_messages(path, row, "messages", rec["messages"])
         if messages[-1]["role"] != "assistant":
             raise DataError(path, row, "messages", "the last message must be the assistant's reply to learn")
         if len(messages) < 2:
@@ -84,17 +84,17 @@ def _sft_row(path, row, rec) -> SFTExample:
         have = ", ".join(sorted(rec)) or "none"
         raise DataError(path, row, "prompt", f"missing column (columns present: {have}); "
                         "give {prompt, completion} or {messages}")
-    prompt = _prompt(path, row, rec)
+    prompt = parse_prompt(path, row, rec)
     if rec.get("completion") is None:
         have = ", ".join(sorted(rec)) or "none"
         raise DataError(path, row, "completion", f"missing column (columns present: {have})")
-    completion = _maybe_json(rec["completion"])
+    completion = maybe_json(rec["completion"])
     if isinstance(completion, list):
-        reply = _messages(path, row, "completion", completion)
+        reply = parse_messages(path, row, "completion", completion)
         if len(reply) != 1 or reply[0]["role"] != "assistant":
             raise DataError(path, row, "completion", "a message-list completion is one assistant message")
         completion = reply[0]["content"]
-    return SFTExample(prompt, _text(path, row, "completion", completion))
+    return SFTExample(prompt, parse_text(path, row, "completion", completion))
 
 
 # ---------------------------------------------------------------- tokenisation
@@ -307,12 +307,5 @@ def _save(model, tokenizer, config: SFTConfig, out: Path) -> None:
 
 
 def add_command(subparsers) -> None:
-    parser = subparsers.add_parser("sft", help="supervised fine-tuning on prompt/completion rows (causal or seq2seq)")
-    parser.add_argument("--config", help="YAML file of the fields below; flags override it")
-    add_arguments(parser, SFTConfig)
-    parser.set_defaults(func=lambda args: _run(build_config(SFTConfig, args, args.config)))
-
-
-def _run(config: SFTConfig) -> int:
-    train_sft(config)
-    return 0
+    add_config_command(subparsers, "sft", "supervised fine-tuning on prompt/completion rows (causal or seq2seq)",
+                       SFTConfig, train_sft)
