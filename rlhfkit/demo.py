@@ -150,7 +150,7 @@ def run_demo(config: DemoConfig) -> dict:
                lambda f: _evaluate(f, stages, config, heldout))
     stages.run("report", {}, ("eval",), lambda f: _report(f, stages, config))
     result = json.loads((stages.folder("eval") / "eval.json").read_text())
-    from rlhfkit.evaluation import format_summary
+    from rlhfkit.summary import format_summary
 
     print(format_summary(result))
     print("rlhfkit demo: stage times: " + ", ".join(f"{s} {t:.0f}s" for s, t in stages.timings.items()))
@@ -236,7 +236,7 @@ def _evaluate(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None
 
 
 def _report(folder: Path, stages: Stages, config: DemoConfig) -> None:
-    from rlhfkit.evaluation import format_summary
+    from rlhfkit.summary import format_summary
     from rlhfkit.report import write_report
 
     result = json.loads((stages.folder("eval") / "eval.json").read_text())

@@ -61,7 +61,8 @@ def _validate(config: EvalConfig) -> None:
 def run_eval(config: EvalConfig) -> dict:
     """Evaluate, write eval.json + plots + report.html into config.out, print the summary; returns the result."""
     from rlhfkit.data import load_prompts
-    from rlhfkit.evaluation import evaluate, format_summary, save_json
+    from rlhfkit.evaluation import evaluate, save_json
+    from rlhfkit.summary import format_summary
     from rlhfkit.generation import GenerationSettings
     from rlhfkit.report import write_report
 

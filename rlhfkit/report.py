@@ -242,7 +242,7 @@ def _table(headers: list[str], rows: list[list], cls: str = "") -> str:
 
 
 def _headline(evaluation: dict) -> str:
-    from rlhfkit.evaluation import change_line
+    from rlhfkit.summary import change_line
 
     lines = []
     for model, per in (evaluation.get("changes") or {}).items():

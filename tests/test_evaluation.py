@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from rlhfkit.evaluation import (SIGN_CONVENTION, WithoutAdapters, bootstrap_ci, change_line, clean_text,
-                                compare_scores, evaluate, format_summary, paired_change, sample_std, save_json,
-                                summarize)
+from rlhfkit.evaluation import (WithoutAdapters, bootstrap_ci, compare_scores, evaluate, paired_change, sample_std,
+                                save_json, summarize)
+from rlhfkit.summary import SIGN_CONVENTION, change_line, clean_text, format_summary
 
 # ---------------------------------------------------------------- bootstrap
 
