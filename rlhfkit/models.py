@@ -337,13 +337,22 @@ def add_lora(model, lora: LoraOptions | bool | dict, seq2seq: bool):
     return get_peft_model(model, config)
 
 
+def _portable_base(base: str) -> str:
+    """An adapter saved on another machine may name this library's cache folder of an
+    embedded model (`.../smollm2-135m-v1`); map it back to the embedded name so it rebuilds here."""
+    if base in EMBEDDED or os.path.exists(base):
+        return base
+    name, _, version = Path(base).name.rpartition("-v")
+    return name if name in _BUILD_VERSION and version.isdigit() else base
+
+
 def _load_adapter_folder(path: str, dtype, verbose: bool) -> Policy:
     import json
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    base_name = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base_name = _portable_base(json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"])
     base_config = load_config(base_name)
     seq2seq = is_seq2seq(base_config)
     cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM

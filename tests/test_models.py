@@ -82,3 +82,16 @@ def test_minilm_is_a_real_pretrained_encoder():
 
     config = AutoConfig.from_pretrained(resolve("minilm-l6"))
     assert config.model_type == "bert" and config.num_hidden_layers == 6 and config.hidden_size == 384
+
+
+def test_adapter_naming_another_machines_cache_folder_still_loads(tmp_path):
+    import json
+
+    policy = load_policy("tiny-gpt2", lora=True, verbose=False)
+    policy.model.save_pretrained(tmp_path / "adapter")
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = "/home/someone/.cache/rlhfkit/tiny-gpt2-v1"  # not on this machine
+    config_file.write_text(json.dumps(config))
+    loaded = load_policy(str(tmp_path / "adapter"), verbose=False)
+    assert not loaded.seq2seq and 0 < loaded.trainable_fraction < 1
