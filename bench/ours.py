@@ -47,7 +47,10 @@ def main(spec_path: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(spec["reward_model"])
     tokenizer.padding_side = "left"
     lora = LoraOptions(r=spec["lora_r"], alpha=spec["lora_alpha"]) if spec["lora"] else None
-    policy = load_policy(spec["policy"], lora=lora, dtype="float32", verbose=False)
+    # With LoRA in bf16 the frozen base is only ever read in bf16: load it so (the trainer keeps
+    # norms, adapters and value head in float32), as PPOTrainer does when it loads by name.
+    dtype = "bfloat16" if spec["lora"] and spec["precision"] == "bf16" else "float32"
+    policy = load_policy(spec["policy"], lora=lora, dtype=dtype, verbose=False)
     reward = ClassifierReward(spec["reward_model"], tokenizer=tokenizer, pair_input=True, batch_size=B)
     queries = spec["queries"]
     texts = tokenizer.batch_decode(queries)

@@ -40,7 +40,9 @@ from rlhfkit.ppo_checkpoint import (  # noqa: F401  (re-exported)
 from rlhfkit.rollout import (
     Batch, adapter_layers, adapters_disabled, decoder_start_id, forward, make_batch, rollout_pass,
 )
-from rlhfkit.value_head import ModelWithValueHead, create_reference_model, store_frozen_in_bf16
+from rlhfkit.value_head import (
+    ModelWithValueHead, create_reference_model, sparse_tied_embedding_grad, store_frozen_in_bf16,
+)
 
 
 @dataclass
@@ -144,6 +146,7 @@ class PPOTrainer:
         model, tokenizer = self._load_model(model, tokenizer)
         self.tokenizer = tokenizer
         self.seq2seq = model.is_encoder_decoder
+        sparse_tied_embedding_grad(model.pretrained_model)
         if config.mixed_precision == "bf16" and model.is_peft_model:
             store_frozen_in_bf16(model.pretrained_model)  # the frozen base is only ever read in bf16
         self.ref_model = self._reference(model, ref_model)

@@ -180,3 +180,20 @@ def store_frozen_in_bf16(model: nn.Module) -> int:
             module.register_forward_pre_hook(_cast_input)
         module.register_forward_hook(_output_to_float32)
     return saved
+
+
+def sparse_tied_embedding_grad(model: nn.Module) -> bool:
+    """With input and output embeddings tied and trained, let the lookup's gradient be sparse.
+
+    The LM head already gives the shared weight a dense gradient; the lookup adds only
+    the rows of the tokens it read, instead of filling and adding a dense vocab x hidden
+    matrix in every backward (a large share of a small model's backward on CPU). The
+    summed gradient stays dense, so any optimizer takes it. Returns whether it applied.
+    """
+    base = model.get_base_model() if is_peft_model(model) else model
+    inp, out = base.get_input_embeddings(), base.get_output_embeddings()
+    if isinstance(inp, nn.Embedding) and out is not None and inp.weight is getattr(out, "weight", None) \
+            and inp.weight.requires_grad:
+        inp.sparse = True
+        return True
+    return False
