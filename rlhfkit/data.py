@@ -206,6 +206,25 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     return [parse_prompt(path, row, rec) for row, rec in records]
 
 
+def load_completions(path: str | Path) -> list[tuple[int, Prompt, list[str], dict]]:
+    """Rows of a `rlhfkit generate` file: (row, prompt, completion texts, other keys).
+
+    Only the shape is checked here; callers add their own policy (the scripted
+    labeler skips empty completions, the feedback app rejects them).
+    """
+    rows = []
+    for row, rec in read_records(path):
+        prompt = parse_prompt(path, row, rec)
+        completions = maybe_json(_column(path, row, rec, "completions"))
+        if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
+            raise DataError(path, row, "completions", "expected a list of completion texts")
+        extra = {k: v for k, v in rec.items() if k not in ("prompt", "messages", "completions")}
+        rows.append((row, prompt, completions, extra))
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
 def load_rankings(path: str | Path) -> list[Ranking]:
     """Rankings rows: a prompt, N >= 2 completions and their ranks (1 = best)."""
     out = []

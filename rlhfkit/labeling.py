@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from rlhfkit.config import add_arguments, build_config, option
-from rlhfkit.errors import DataError, UserError
+from rlhfkit.errors import UserError
 
 
 @dataclass
@@ -47,21 +47,9 @@ def rank_scores(scores: Sequence[float], tie_threshold: float = 0.0) -> list[int
 
 
 def _read_completion_rows(path) -> list[tuple[int, object, list[str]]]:
-    from rlhfkit.data import maybe_json, parse_prompt, read_records
+    from rlhfkit.data import load_completions
 
-    rows = []
-    for row, rec in read_records(path):
-        prompt = parse_prompt(path, row, rec)
-        if "completions" not in rec or rec["completions"] is None:
-            have = ", ".join(sorted(rec)) or "none"
-            raise DataError(path, row, "completions", f"missing column (columns present: {have})")
-        completions = maybe_json(rec["completions"])
-        if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
-            raise DataError(path, row, "completions", "expected a list of completion texts")
-        rows.append((row, prompt, completions))
-    if not rows:
-        raise UserError(f"{path}: no rows")
-    return rows
+    return [(row, prompt, completions) for row, prompt, completions, _ in load_completions(path)]
 
 
 def script_label(rows, source, noise: float = 0.0, tie_threshold: float = 0.0, seed: int = 0,

@@ -36,19 +36,14 @@ POLICY = {
 def read_generated(path) -> list[tuple[object, list[str], dict]]:
     """(prompt, completions, extra keys) per row of a `rlhfkit generate` output file."""
     rows = []
-    for row, rec in data.read_records(path):
-        prompt = data.parse_prompt(path, row, rec)  # same checks and messages as every other loader
-        completions = data.maybe_json(rec.get("completions"))
-        if not isinstance(completions, list) or len(completions) < 2:
+    for row, prompt, completions, extra in data.load_completions(path):
+        if len(completions) < 2:
             raise DataError(path, row, "completions", "expected a list of at least 2 completions to rank "
                             "(run `rlhfkit generate` with 2 or more samples per prompt)")
         completions = [data.parse_text(path, row, f"completions[{i}]", c) for i, c in enumerate(completions)]
-        if "ranks" in rec:
+        if "ranks" in extra:
             raise DataError(path, row, "ranks", "this row is already ranked; import takes unranked generate output")
-        extra = {k: v for k, v in rec.items() if k not in ("prompt", "messages", "completions")}
         rows.append((prompt, completions, extra))
-    if not rows:
-        raise UserError(f"{path}: no rows to import")
     return rows
 
 
