@@ -19,6 +19,7 @@ from the trainer's `time/...` statistics, peak RSS and the reward/KL curves.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,7 +88,7 @@ def main(spec_path: str) -> None:
     common.emit({
         "side": "ours", "library": f"rlhfkit=={getattr(rlhfkit, '__version__', '?')}",
         "transformers": transformers.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "mixed_precision": trainer.accelerator.mixed_precision,
+        "mixed_precision": trainer.accelerator.mixed_precision, "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "step_seconds": steps[spec["warmup"]:], "warmup_seconds": steps[: spec["warmup"]],
         "median_step_s": step_median, "phases_median_s": phases,
         "peak_rss_bytes": common.peak_rss_bytes(), "baseline_rss_bytes": baseline, "loaded_rss_bytes": loaded,
@@ -104,4 +105,7 @@ def main(spec_path: str) -> None:
 
 
 if __name__ == "__main__":
+    from rlhfkit.runtime import reexec_with_tuned_malloc
+
+    reexec_with_tuned_malloc()  # as the `rlhfkit` command does (RLHFKIT_TUNED_MALLOC=0 turns it off)
     main(sys.argv[1])

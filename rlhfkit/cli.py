@@ -70,5 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry_point() -> int:
+    """The `rlhfkit` console script: `main` in a process with tuned malloc (rlhfkit/runtime.py)."""
+    from rlhfkit.runtime import reexec_with_tuned_malloc
+
+    reexec_with_tuned_malloc()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point())

@@ -89,18 +89,64 @@ def masked_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, 
     return advantages * m, returns * m
 
 
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(label) under softmax(logits): logits [B, T, V], labels [B, T] -> [B, T] (float32)."""
-    logits = logits.float()
-    picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+# Rows of a [N, V] logits matrix handled at once: with V = 49k, 32 rows are 6 MB of
+# float32, so temporaries stay in the allocator's reused heap (a fresh vocab-sized
+# buffer per op costs page faults that, on CPU, can take longer than the maths).
+_ROWS = 32
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) per position: [B, T, V] -> [B, T]."""
-    logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+class _LabelLogprob(torch.autograd.Function):
+    """log softmax(logits / T)[label] per row, with a hand-written backward.
+
+    Autograd through `gather - logsumexp` keeps five vocab-sized temporaries per
+    call (the division, the shift, the exponent, a zero-filled scatter target and
+    their sum); this writes the one gradient buffer row-chunk by row-chunk:
+    d/dz_j = (1[j = label] - softmax(z / T)_j) / T.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, temperature):
+        flat, lab = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1, 1)
+        lse = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+        for i in range(0, flat.shape[0], _ROWS):
+            lse[i:i + _ROWS] = torch.logsumexp(flat[i:i + _ROWS].float() / temperature, dim=-1)
+        picked = flat.gather(-1, lab).squeeze(-1).float() / temperature
+        ctx.save_for_backward(logits, labels, lse)
+        ctx.temperature = temperature
+        return (picked - lse).view(labels.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, labels, lse = ctx.saved_tensors
+        t = ctx.temperature
+        flat, lab = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1, 1)
+        g = grad_out.reshape(-1, 1).float() / t
+        grad = torch.empty_like(flat)
+        for i in range(0, flat.shape[0], _ROWS):
+            p = (flat[i:i + _ROWS].float() / t).sub_(lse[i:i + _ROWS, None]).exp_()  # softmax rows
+            grad[i:i + _ROWS] = p.mul_(-g[i:i + _ROWS]).scatter_add_(-1, lab[i:i + _ROWS], g[i:i + _ROWS])
+        return grad.view(logits.shape), None, None
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(label) under softmax(logits / temperature): logits [B, T, V], labels [B, T] -> [B, T] (float32).
+
+    Computed in float32 whatever the logits' dtype, in row chunks, with a fused backward.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return _LabelLogprob.apply(logits, labels, float(temperature))
+
+
+@torch.no_grad()
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) per position: [B, T, V] -> [B, T] (no gradient)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+    for i in range(0, flat.shape[0], _ROWS):
+        logp = torch.log_softmax(flat[i:i + _ROWS].float() / temperature, dim=-1)
+        out[i:i + _ROWS] = -(logp.exp() * logp).sum(-1)
+    return out.view(logits.shape[:-1])
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:

@@ -86,10 +86,8 @@ def forward(model, batch: Batch, temperature: float = 1.0, with_values: bool = T
     else:
         logits, values = _plain_logits(model, batch), None
     logits = logits[:, -batch.width:] if logits.shape[1] != batch.width else logits
-    if temperature != 1.0:
-        logits = logits.div_(temperature)  # in place: one full-vocabulary copy fewer (autograd handles it)
-    logprobs = logprobs_from_logits(logits, batch.responses)
-    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    logprobs = logprobs_from_logits(logits, batch.responses, temperature)
+    entropy = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
     return logprobs, (values.float() if values is not None else None), entropy
 
 

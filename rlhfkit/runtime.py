@@ -1,0 +1,41 @@
+"""Process-level settings that must be in place before the interpreter starts.
+
+glibc's malloc hands every block over 32 MB (a [4, 48, 49152] float32 logits
+tensor, a tied embedding's gradient) straight back to the kernel when it is
+freed, so the next step maps it again and takes a page fault per 4 KB page,
+millions per PPO step. Tuned, malloc keeps freed memory for reuse
+(mmap/trim thresholds) and backs what it maps with transparent huge pages.
+glibc reads these tunables only at start-up, so `rlhfkit` re-executes itself
+once with GLIBC_TUNABLES set. RLHFKIT_TUNED_MALLOC=0, an existing GLIBC_TUNABLES,
+or a non-glibc platform leave the process as it is. Library users get the same
+effect by exporting the variable themselves (see docs/ppo.md).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+GLIBC_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4294967296:"
+                  "glibc.malloc.trim_threshold=4294967296")
+
+
+def wants_tuned_malloc(environ=os.environ) -> bool:
+    if environ.get("RLHFKIT_TUNED_MALLOC", "1") == "0" or "GLIBC_TUNABLES" in environ:
+        return False
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+def reexec_with_tuned_malloc() -> None:
+    """Replace this process by the same command with GLIBC_TUNABLES set (once; call before heavy imports)."""
+    if not wants_tuned_malloc():
+        return
+    os.environ["GLIBC_TUNABLES"] = GLIBC_TUNABLES
+    argv = [sys.executable, *getattr(sys, "orig_argv", [sys.executable, *sys.argv])[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, argv)
+    except OSError:  # cannot re-execute (unusual sandboxes): run on untuned
+        return
