@@ -40,8 +40,9 @@ from rlhfkit.ppo_checkpoint import (  # noqa: F401  (re-exported)
 from rlhfkit.rollout import (
     Batch, adapter_layers, adapters_disabled, decoder_start_id, forward, make_batch, rollout_pass,
 )
+from rlhfkit.cpu_bf16 import float32_attention, store_frozen_in_bf16
 from rlhfkit.value_head import (
-    ModelWithValueHead, create_reference_model, sparse_tied_embedding_grad, store_frozen_in_bf16,
+    ModelWithValueHead, create_reference_model, sparse_tied_embedding_grad,
 )
 
 
@@ -91,7 +92,8 @@ class PPOConfig:
     top_p: float = option(1.0, "nucleus sampling (1 = off)")
     max_prompt_tokens: int | None = option(256, "keep the last N tokens of longer prompts")
     generation_batch_size: int = option(0, "sequences generated at once (0 = batch_size)")
-    forward_batch_size: int = option(0, "sequences per reference forward (inference mode; 0 = batch_size)")
+    forward_batch_size: int = option(0, "sequences per reference forward (inference mode); 0 = the whole batch in "
+                                        "float32, the training micro-batches in bf16 (whose kernels round by shape)")
     # run
     seed: int = option(0, "random seed")
     log_every: int = option(1, "print a summary line every N steps")
@@ -115,6 +117,20 @@ class PPOConfig:
         from rlhfkit.generation import GenerationSettings
 
         return GenerationSettings(self.max_new_tokens, self.temperature, int(self.top_k), self.top_p, self.min_new_tokens)
+
+
+def _accelerator(mixed_precision: str):
+    """An Accelerator; in a single process, a trainer may pick another precision than an earlier one did."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+
+    try:
+        return Accelerator(mixed_precision=mixed_precision)
+    except ValueError as e:  # accelerate's state is process-wide and refuses a second precision
+        if "already been initialized" not in str(e) or PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state()
+        return Accelerator(mixed_precision=mixed_precision)
 
 
 def _adam(params: list, lr: float) -> torch.optim.Optimizer:
@@ -142,13 +158,15 @@ class PPOTrainer:
         config.validate()
         self.config = config
         set_seed(config.seed)
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        self.accelerator = _accelerator(config.mixed_precision)
         model, tokenizer = self._load_model(model, tokenizer)
         self.tokenizer = tokenizer
         self.seq2seq = model.is_encoder_decoder
         sparse_tied_embedding_grad(model.pretrained_model)
-        if config.mixed_precision == "bf16" and model.is_peft_model:
-            store_frozen_in_bf16(model.pretrained_model)  # the frozen base is only ever read in bf16
+        if config.mixed_precision == "bf16":
+            float32_attention(model.pretrained_model)
+            if model.is_peft_model:
+                store_frozen_in_bf16(model.pretrained_model)  # the frozen base is only ever read in bf16
         self.ref_model = self._reference(model, ref_model)
         self._adapter_layers = adapter_layers(model.pretrained_model) if model.is_peft_model else None
         params = [p for p in model.parameters() if p.requires_grad]
@@ -202,7 +220,8 @@ class PPOTrainer:
         else:
             ref = create_reference_model(model.pretrained_model).to(self.accelerator.device)
         if self.config.mixed_precision == "bf16":
-            store_frozen_in_bf16(ref)
+            store_frozen_in_bf16(ref, keep_embeddings=True)  # lookups as the float32 policy reads them
+            float32_attention(ref)
         return ref
 
     def _load_dataset(self, dataset):
@@ -342,10 +361,17 @@ class PPOTrainer:
         """Old log-probs, values, entropy (policy, in the first epoch's micro-batches, so the first
         ratio is exactly 1) and reference log-probs (inference mode, `forward_batch_size` at once)."""
         micro = [(m, self._batch(queries, responses, m)) for mini in self._micro_batches(perm) for m in mini]
-        n, size = len(responses), self.config.forward_batch_size or len(responses)
-        ref = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
-        return rollout_pass(self.model, micro, ((i, self._batch(queries, responses, i)) for i in ref),
-                            self._ref_logprobs, self.config.temperature, n, self.accelerator.device)
+        n, size = len(responses), self.config.forward_batch_size
+        if not size and self.config.mixed_precision != "no":
+            # Low-precision matmul kernels round differently for different batch shapes: reading the
+            # reference in the policy's own micro-batches keeps the KL before any update exactly 0.
+            ref = micro
+        else:
+            size = size or n
+            ref = [(i, self._batch(queries, responses, i)) for i in
+                   (list(range(j, min(j + size, n))) for j in range(0, n, size))]
+        return rollout_pass(self.model, micro, ref, self._ref_logprobs, self.config.temperature, n,
+                            self.accelerator.device)
 
     def _ref_logprobs(self, batch: Batch) -> torch.Tensor:
         if self.ref_model is not None:

@@ -128,60 +128,6 @@ def create_reference_model(model) -> nn.Module:
     return ref.eval()
 
 
-# ---------------------------------------------------------------- bf16 storage of frozen weights
-
-
-def _cast_input(module, args):
-    x = args[0] if args else None
-    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != module.weight.dtype \
-            and not torch.is_autocast_enabled(x.device.type):
-        return (x.to(module.weight.dtype),) + tuple(args[1:])
-    return None
-
-
-def _output_to_float32(module, args, out):
-    if isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16 and (
-            isinstance(module, nn.Embedding) or not torch.is_autocast_enabled(out.device.type)):
-        return out.float()
-    return None
-
-
-def store_frozen_in_bf16(model: nn.Module) -> int:
-    """Keep the frozen matmul weights of `model` in bfloat16, for bf16 mixed precision; returns bytes saved.
-
-    Under bf16 autocast every matmul reads its weights rounded to bf16 anyway; stored
-    that way they are not re-cast on every forward (autocast caches only trainable
-    weights) and take half the memory. Only modules whose parameters are all frozen
-    change: `nn.Linear`, GPT-2's `Conv1D` (weight and bias, as autocast would use
-    them) and `nn.Embedding` (its lookups are returned in float32, so the residual
-    stream stays float32 as under autocast). Norms, trainable weights (LoRA adapters,
-    the value head, a fully trained policy) and buffers stay float32. Outside
-    autocast these modules cast their input to bf16 and their output back to float32,
-    so the model still runs anywhere.
-    """
-    saved = 0
-    for module in model.modules():
-        is_matmul = isinstance(module, (nn.Linear, nn.Embedding)) or type(module).__name__ == "Conv1D"
-        params = list(module.parameters(recurse=False))
-        if not params or any(p.requires_grad or p.dtype not in (torch.float32, torch.bfloat16) for p in params):
-            continue
-        if not is_matmul:  # a frozen norm (or similar) loaded in bf16: master copy in float32, as autocast expects
-            for p in params:
-                p.data = p.data.float()
-            continue
-        for p in params:
-            if p.dtype == torch.float32:
-                saved += p.numel() * 2
-                p.data = p.data.to(torch.bfloat16)
-        if getattr(module, "_rlhfkit_bf16", False):
-            continue
-        module._rlhfkit_bf16 = True
-        if not isinstance(module, nn.Embedding):
-            module.register_forward_pre_hook(_cast_input)
-        module.register_forward_hook(_output_to_float32)
-    return saved
-
-
 def sparse_tied_embedding_grad(model: nn.Module) -> bool:
     """With input and output embeddings tied and trained, let the lookup's gradient be sparse.
 

@@ -33,10 +33,11 @@ def rollout(trainer):
     return queries, responses, e_share(None, texts)
 
 
-@pytest.mark.parametrize("model,lora,accumulation", [("tiny-gpt2", False, 1), ("tiny-t5", False, 2),
-                                                     ("tiny-gpt2", True, 2), ("tiny-t5", True, 1)])
-def test_first_minibatch_ratio_is_exactly_one(model, lora, accumulation):
-    trainer = make(model, lora, gradient_accumulation_steps=accumulation)
+@pytest.mark.parametrize("model,lora,accumulation,precision", [
+    ("tiny-gpt2", False, 1, "no"), ("tiny-t5", False, 2, "no"), ("tiny-gpt2", True, 2, "no"), ("tiny-t5", True, 1, "no"),
+    ("tiny-gpt2", True, 1, "bf16"), ("tiny-gpt2", False, 2, "bf16")])
+def test_first_minibatch_ratio_is_exactly_one(model, lora, accumulation, precision):
+    trainer = make(model, lora, gradient_accumulation_steps=accumulation, mixed_precision=precision)
     stats = trainer.step(*rollout(trainer))
     assert trainer.minibatch_stats[0]["ratio_max_dev"] == 0.0
     assert trainer.minibatch_stats[0]["policy/approxkl"] == 0.0
@@ -44,6 +45,30 @@ def test_first_minibatch_ratio_is_exactly_one(model, lora, accumulation):
     assert any(s["ratio_max_dev"] > 0 for s in trainer.minibatch_stats[1:])
     assert stats["ppo/val/mean"] == 0.0  # the value head starts at zero
     assert math.isfinite(stats["objective/kl"])
+
+
+def test_bf16_on_cpu_uses_float32_attention_and_keeps_a_zero_first_kl():
+    from rlhfkit.cpu_bf16 import FLOAT32_SDPA
+
+    for lora in (True, False):
+        trainer = make(lora=lora, mixed_precision="bf16")
+        assert trainer.unwrapped.pretrained_model.config._attn_implementation == FLOAT32_SDPA
+        if not lora:
+            assert trainer.ref_model.config._attn_implementation == FLOAT32_SDPA
+        stats = trainer.step(*rollout(trainer))
+        assert abs(stats["objective/kl"]) < 1e-6  # policy == reference before the first update
+
+
+@pytest.mark.slow
+def test_bf16_first_kl_is_exactly_zero_on_smollm2():
+    """SmolLM2's bf16 kernels round differently by batch shape (a first KL of -0.06 nats when the
+    reference read the whole batch at once); the reference reads the policy's micro-batches."""
+    trainer = PPOTrainer(PPOConfig(model="smollm2-135m", lora=False, output_dir=None, batch_size=8, mini_batch_size=4,
+                                   ppo_epochs=1, max_new_tokens=16, learning_rate=1e-6, mixed_precision="bf16",
+                                   temperature=0.7, seed=0), dataset=PROMPTS)
+    queries = trainer.queries[:8]
+    stats = trainer.step(queries, trainer.generate(queries), [0.0] * 8)
+    assert stats["objective/kl"] == 0.0
 
 
 def test_zero_advantages_leave_the_policy_unchanged(monkeypatch):
