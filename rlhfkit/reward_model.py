@@ -13,7 +13,6 @@ every epoch. The saved folder loads with
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -32,7 +31,9 @@ class RewardConfig:
     eval_fraction: float = option(0.1, "fraction of prompts held out for evaluation when --eval-data is not given")
     out: str = option("runs/reward", "output folder: model, tokenizer, config.yaml, metrics.jsonl")
     epochs: int = option(2, "passes over the training pairs")
-    batch_size: int = option(16, "pairs per optimisation step (each pair is two sequences)")
+    batch_size: int = option(16, "pairs per optimisation step (whole prompts: see --group-by-prompt)")
+    group_by_prompt: bool = option(True, "keep all pairs of a prompt in one batch, each distinct completion scored "
+                                         "once (InstructGPT): K forward passes for a ranking's K-choose-2 pairs")
     lr: float = option(5e-5, "peak learning rate (AdamW)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     warmup_ratio: float = option(0.1, "fraction of steps for linear warm-up, then linear decay to 0")
@@ -45,6 +46,10 @@ class RewardConfig:
     seed: int = option(0, "random seed (split, shuffling, head init)")
 
 
+def _prompt_key(pair) -> str:
+    return pair.prompt if isinstance(pair.prompt, str) else json.dumps(pair.prompt, sort_keys=True)
+
+
 def split_by_prompt(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
     """Hold out whole prompts (all their pairs) so held-out accuracy is on unseen prompts.
 
@@ -54,7 +59,7 @@ def split_by_prompt(pairs: list, fraction: float, seed: int) -> tuple[list, list
         return list(pairs), []
     if not 0 < fraction < 1:
         raise UserError(f"--eval-fraction must be in [0, 1), got {fraction}")
-    keys = [json.dumps(p.prompt, sort_keys=True) if not isinstance(p.prompt, str) else p.prompt for p in pairs]
+    keys = [_prompt_key(p) for p in pairs]
     groups = sorted(set(keys))
     rng = random.Random(seed)
     if len(groups) < 2:
@@ -70,6 +75,33 @@ def split_by_prompt(pairs: list, fraction: float, seed: int) -> tuple[list, list
     train = [p for i, p in enumerate(pairs) if i not in held]
     held_out = [p for i, p in enumerate(pairs) if i in held]
     return train, held_out
+
+
+def training_batches(pairs: list, batch_size: int, rng: random.Random, group_by_prompt: bool) -> list[list[int]]:
+    """One epoch's batches of pair indices, shuffled.
+
+    `group_by_prompt`: prompts are shuffled and packed whole, in order, into batches of
+    up to `batch_size` pairs (a prompt with more pairs fills a batch alone), so the
+    K-choose-2 pairs of a ranking are seen together. InstructGPT found that shuffling a
+    ranking's correlated pairs apart makes the model overfit within an epoch.
+    Otherwise pairs are shuffled individually.
+    """
+    if not group_by_prompt:
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    groups: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        groups.setdefault(_prompt_key(pair), []).append(i)
+    order = list(groups.values())
+    rng.shuffle(order)
+    batches, current = [], []
+    for group in order:
+        if current and len(current) + len(group) > batch_size:
+            batches.append(current)
+            current = []
+        current = current + group
+    return batches + ([current] if current else [])
 
 
 def encode_pairs(tokenizer, pairs, max_length: int, what: str = "pairs") -> list[tuple[dict, dict]]:
@@ -125,14 +157,27 @@ def load_reward_backbone(name: str, seed: int = 0):
     return model, tokenizer
 
 
-def _rewards(model, features, pad_id, autocast):
+def pair_rewards(model, pairs: list[tuple[dict, dict]], pad_id: int, autocast: bool = False):
+    """(r_chosen [n], r_rejected [n]) for encoded pairs, each distinct sequence scored once:
+    the pairs of one ranking share its K completions, so K forward passes serve K-choose-2 pairs."""
     import torch
 
     from rlhfkit.rewards import collate_features
 
-    batch = collate_features(features, pad_id, next(model.parameters()).device)
+    index: dict[tuple, int] = {}
+    unique, slots = [], []
+    for pair in pairs:
+        for features in pair:
+            key = (tuple(features["input_ids"]), tuple(features.get("token_type_ids", ())))
+            if key not in index:
+                index[key] = len(unique)
+                unique.append(features)
+            slots.append(index[key])
+    batch = collate_features(unique, pad_id, next(model.parameters()).device)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        return model(**batch).logits[:, 0].float()
+        r = model(**batch).logits[:, 0].float()
+    slots = torch.tensor(slots, device=r.device).view(-1, 2)
+    return r[slots[:, 0]], r[slots[:, 1]]
 
 
 def evaluate_pairs(model, tokenizer, encoded, batch_size: int = 32, margin: float = 0.0, autocast: bool = False) -> dict:
@@ -149,8 +194,7 @@ def evaluate_pairs(model, tokenizer, encoded, batch_size: int = 32, margin: floa
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start:start + batch_size]
-            r = _rewards(model, [c for c, _ in chunk] + [j for _, j in chunk], tokenizer.pad_token_id, autocast)
-            rc, rr = r[: len(chunk)], r[len(chunk):]
+            rc, rr = pair_rewards(model, chunk, tokenizer.pad_token_id, autocast)
             total_loss += bradley_terry_loss(rc, rr, margin).item() * len(chunk)
             correct += ((rc > rr).float() + 0.5 * (rc == rr).float()).sum().item()
     model.train(was_training)
@@ -202,10 +246,10 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
-    steps_per_epoch = math.ceil(len(train_enc) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
     rng = random.Random(config.seed)
+    batches = [training_batches(train, config.batch_size, rng, config.group_by_prompt) for _ in range(config.epochs)]
+    total = sum(len(b) for b in batches)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
     history = {"train": [], "eval": [], "out": str(out)}
     step = 0
     with open(out / "metrics.jsonl", "w", encoding="utf-8") as metrics:
@@ -219,16 +263,12 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
             log({"epoch": 0, "step": 0, **{f"eval/{k}": v for k, v in before.items()}})
         for epoch in range(1, config.epochs + 1):
             model.train()
-            order = list(range(len(train_enc)))
-            rng.shuffle(order)
             sums = {"loss": 0.0, "correct": 0.0, "n": 0}
             started = time.time()
-            bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch}/{config.epochs}", unit="step",
-                       disable=not progress)
-            for start in bar:
-                chunk = [train_enc[i] for i in order[start:start + config.batch_size]]
-                r = _rewards(model, [c for c, _ in chunk] + [j for _, j in chunk], tokenizer.pad_token_id, autocast)
-                rc, rr = r[: len(chunk)], r[len(chunk):]
+            bar = tqdm(batches[epoch - 1], desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not progress)
+            for indices in bar:
+                chunk = [train_enc[i] for i in indices]
+                rc, rr = pair_rewards(model, chunk, tokenizer.pad_token_id, autocast)
                 loss = bradley_terry_loss(rc, rr, config.margin)
                 if not torch.isfinite(loss):
                     raise UserError(f"non-finite loss at epoch {epoch}, step {step + 1}; lower --lr")

@@ -54,6 +54,43 @@ def test_split_holds_out_whole_prompts():
     assert not {p.prompt for p in train} & {p.prompt for p in held}
 
 
+def test_grouped_batches_keep_each_prompt_whole_and_cover_every_pair_once():
+    from rlhfkit.data import Preference
+    from rlhfkit.reward_model import training_batches
+
+    sizes = {"a": 6, "b": 1, "c": 3, "d": 10, "e": 2}  # 10 > batch size: that prompt is a batch of its own
+    pairs = [Preference(p, f"x{i}", f"y{i}") for p, n in sizes.items() for i in range(n)]
+    for seed in range(5):
+        batches = training_batches(pairs, 8, random.Random(seed), group_by_prompt=True)
+        assert sorted(i for b in batches for i in b) == list(range(len(pairs)))
+        for b in batches:
+            prompts = {pairs[i].prompt for i in b}
+            assert sum(sizes[p] for p in prompts) == len(b)  # every prompt in a batch is there whole
+            assert len(b) <= 8 or len(prompts) == 1
+    flat = training_batches(pairs, 8, random.Random(0), group_by_prompt=False)
+    assert [len(b) for b in flat] == [8, 8, 6] and sorted(i for b in flat for i in b) == list(range(len(pairs)))
+
+
+def test_pair_rewards_score_each_distinct_completion_once_and_match_pair_by_pair():
+    from rlhfkit.data import Preference, rankings_to_pairs
+    from rlhfkit.reward_model import encode_pairs, load_reward_backbone, pair_rewards
+
+    model, tokenizer = load_reward_backbone("tiny-bert")
+    model.eval()
+    completions = ["Have a wonderful day.", "What a terrible, stupid idea.", "Okay.", "I hate it."]
+    pairs = [Preference("Reply to the dog", c, r) for c, r in rankings_to_pairs(completions, [2, 4, 1, 3])]
+    pairs.append(Preference("Reply to the game", "Okay.", "I hate it."))  # same completions, other prompt
+    encoded = encode_pairs(tokenizer, pairs, 64)
+    rows = []
+    model.register_forward_hook(lambda m, a, k, out: rows.append(k["input_ids"].shape[0]), with_kwargs=True)
+    rc, rr = pair_rewards(model, encoded, tokenizer.pad_token_id)
+    assert rows == [4 + 2]  # 6 pairs of one ranking read its 4 completions; the other prompt adds 2
+    for i, (c, r) in enumerate(encoded):
+        one_c, one_r = pair_rewards(model, [(c, r)], tokenizer.pad_token_id)
+        assert rc[i].item() == pytest.approx(one_c.item(), abs=1e-5)
+        assert rr[i].item() == pytest.approx(one_r.item(), abs=1e-5)
+
+
 def test_learns_clear_preference_and_saves_a_loadable_reward(tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
