@@ -40,7 +40,7 @@ from rlhfkit.ppo_checkpoint import (  # noqa: F401  (re-exported)
 from rlhfkit.rollout import (
     Batch, adapter_layers, adapters_disabled, decoder_start_id, forward, make_batch, rollout_pass,
 )
-from rlhfkit.cpu_bf16 import float32_attention, store_frozen_in_bf16
+from rlhfkit.cpu import eager_attention, store_frozen_in_bf16
 from rlhfkit.value_head import (
     ModelWithValueHead, create_reference_model, sparse_tied_embedding_grad,
 )
@@ -163,15 +163,18 @@ class PPOTrainer:
         self.tokenizer = tokenizer
         self.seq2seq = model.is_encoder_decoder
         sparse_tied_embedding_grad(model.pretrained_model)
-        if config.mixed_precision == "bf16":
-            float32_attention(model.pretrained_model)
-            if model.is_peft_model:
-                store_frozen_in_bf16(model.pretrained_model)  # the frozen base is only ever read in bf16
+        eager_attention(model.pretrained_model)
+        if config.mixed_precision == "bf16" and model.is_peft_model:
+            store_frozen_in_bf16(model.pretrained_model)  # the frozen base is only ever read in bf16
         self.ref_model = self._reference(model, ref_model)
         self._adapter_layers = adapter_layers(model.pretrained_model) if model.is_peft_model else None
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = optimizer or _adam(params, config.learning_rate)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # accelerate's mixed-precision forward casts every output to float32: a full-vocabulary copy of
+        # the logits (and its backward) per pass, which the float32 log-prob kernel does not need. Strip
+        # that wrapper; every forward below runs inside `accelerator.autocast()` instead.
+        self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         self.model.eval()  # dropout off while sampling and training
         self.scheduler = None
         if config.lr_schedule == "linear":
@@ -219,9 +222,9 @@ class PPOTrainer:
             return None  # the policy with its adapters disabled
         else:
             ref = create_reference_model(model.pretrained_model).to(self.accelerator.device)
+        eager_attention(ref)
         if self.config.mixed_precision == "bf16":
             store_frozen_in_bf16(ref, keep_embeddings=True)  # lookups as the float32 policy reads them
-            float32_attention(ref)
         return ref
 
     def _load_dataset(self, dataset):
@@ -370,8 +373,9 @@ class PPOTrainer:
             size = size or n
             ref = [(i, self._batch(queries, responses, i)) for i in
                    (list(range(j, min(j + size, n))) for j in range(0, n, size))]
-        return rollout_pass(self.model, micro, ref, self._ref_logprobs, self.config.temperature, n,
-                            self.accelerator.device)
+        with self.accelerator.autocast():
+            return rollout_pass(self.model, micro, ref, self._ref_logprobs, self.config.temperature, n,
+                                self.accelerator.device)
 
     def _ref_logprobs(self, batch: Batch) -> torch.Tensor:
         if self.ref_model is not None:
@@ -432,7 +436,8 @@ class PPOTrainer:
         batch = self._batch(queries, responses, micro)
         idx, w = torch.tensor(micro, device=batch.mask.device), batch.width
         old = {k: data[k][idx, :w] for k in ("logprobs", "values", "advantages", "returns")}
-        logprobs, values, _ = forward(self.model, batch, c.temperature)
+        with self.accelerator.autocast():
+            logprobs, values, _ = forward(self.model, batch, c.temperature)
         pl, ps = policy_loss(logprobs, old["logprobs"], old["advantages"], batch.mask, c.cliprange, n_tokens)
         vl, vs = value_loss(values, old["values"], old["returns"], batch.mask, c.cliprange_value, n_tokens)
         loss = pl + c.vf_coef * vl
@@ -548,7 +553,8 @@ class PPOTrainer:
             t_gen = time.time() - t
             texts = [s.strip() for s in self.tokenizer.batch_decode(responses, skip_special_tokens=True)]
             t = time.time()
-            scores = [float(s) for s in reward(prompts, texts)]
+            with self.accelerator.autocast():  # a model reward runs in the trainer's precision too
+                scores = [float(s) for s in reward(prompts, texts)]
             if len(scores) != len(texts):
                 raise UserError(f"the reward returned {len(scores)} scores for {len(texts)} completions")
             t_reward = time.time() - t
