@@ -325,6 +325,28 @@ def load_policy(name: str, lora: LoraOptions | bool | dict | None = None, dtype=
     return policy
 
 
+def checkpoint_activations(model) -> list:
+    """Recompute each transformer layer's activations in the backward pass instead of keeping
+    them (transformers' activation checkpointing, non-reentrant), while the model stays in
+    eval mode: dropout off, as PPO needs.
+
+    transformers only checkpoints a layer whose own `training` flag is set, so the layers
+    get that flag and nothing below them does. Returns the layers: set the flag again after
+    anything calls `model.eval()`.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise UserError(f"{type(base).__name__} does not support activation checkpointing; "
+                        "turn gradient_checkpointing off")
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    for layer in layers:
+        layer.training = True
+    return layers
+
+
 def add_lora(model, lora: LoraOptions | bool | dict, seq2seq: bool):
     from peft import LoraConfig, TaskType, get_peft_model
 

@@ -41,6 +41,7 @@ from rlhfkit.rollout import (
     Batch, adapter_layers, adapters_disabled, decoder_start_id, forward, make_batch, rollout_pass,
 )
 from rlhfkit.cpu import eager_attention, store_frozen_in_bf16
+from rlhfkit.models import checkpoint_activations
 from rlhfkit.value_head import (
     ModelWithValueHead, create_reference_model, sparse_tied_embedding_grad,
 )
@@ -67,6 +68,8 @@ class PPOConfig:
     gradient_accumulation_steps: int = option(1, "micro-batches per mini-batch (memory only; same maths)")
     ppo_epochs: int = option(4, "optimisation passes over each batch")
     max_grad_norm: float | None = option(1.0, "clip the gradient norm (None = off)")
+    gradient_checkpointing: bool = option(False, "recompute layer activations in the backward pass: far less memory, "
+                                                 "about one more forward pass of compute per micro-batch")
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no", "accelerate mixed precision (bf16 works on CPU)")
     # PPO
     gamma: float = option(1.0, "discount factor")
@@ -168,6 +171,11 @@ class PPOTrainer:
             store_frozen_in_bf16(model.pretrained_model)  # the frozen base is only ever read in bf16
         self.ref_model = self._reference(model, ref_model)
         self._adapter_layers = adapter_layers(model.pretrained_model) if model.is_peft_model else None
+        if config.mixed_precision != "no":
+            # peft casts every adapter's input to the adapter's float32 dtype, and autocast casts it straight
+            # back: an activation copy per adapted layer, kept for the backward pass. Autocast alone suffices.
+            for layer in self._adapter_layers or []:
+                layer.cast_input_dtype_enabled = False
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = optimizer or _adam(params, config.learning_rate)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -176,6 +184,7 @@ class PPOTrainer:
         # that wrapper; every forward below runs inside `accelerator.autocast()` instead.
         self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         self.model.eval()  # dropout off while sampling and training
+        self._checkpointed = checkpoint_activations(model.pretrained_model) if config.gradient_checkpointing else []
         self.scheduler = None
         if config.lr_schedule == "linear":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -300,6 +309,8 @@ class PPOTrainer:
         if not torch.isfinite(scores).all():
             return self._skip("non-finite reward", queries)
         raw_scores = scores.clone()
+        for layer in self._checkpointed:  # in case something switched the model to eval since
+            layer.training = True
         scores = self._process_scores(scores, responses)
         perms = [self._permutation(len(queries), e) for e in range(self.config.ppo_epochs)]
         data = self._rollout(queries, responses, perms[0])

@@ -95,10 +95,11 @@ def rollout_pass(model, micro_batches, ref_batches, ref_logprobs, temperature: f
     """Old log-probs, values, entropy, mask and reference log-probs, [n, R] each, in batch order.
 
     `micro_batches`: (indices, Batch) pairs, the first PPO epoch's micro-batches: the
-    policy runs on exactly those, with grad enabled as in the update (attention kernels
-    may differ between grad and no-grad mode), so the first probability ratio is
-    exactly 1; each graph is dropped at once. `ref_batches`: (indices, Batch) pairs
-    for `ref_logprobs(batch)`, run in inference mode (any grouping: larger is faster).
+    policy reads exactly those, because low-precision matmul kernels round differently
+    for different batch shapes, so the first probability ratio is exactly 1 (tested).
+    `ref_batches`: (indices, Batch) pairs for `ref_logprobs(batch)` (any grouping:
+    larger is faster). Everything runs in inference mode: with eager attention (what
+    the trainer uses on CPU) a forward gives the same bits with and without grad.
     """
     width = max(b.width for _, b in micro_batches)
     out = {k: torch.zeros(n, width, device=device) for k in ("logprobs", "ref_logprobs", "values", "entropy", "mask")}
@@ -108,12 +109,10 @@ def rollout_pass(model, micro_batches, ref_batches, ref_logprobs, temperature: f
         for key, value in values.items():
             out[key][rows, :batch.width] = value.float()
 
-    for idx, batch in micro_batches:
-        with torch.enable_grad():
-            lp, values, ent = forward(model, batch, temperature, with_entropy=True)
-        put(idx, batch, logprobs=lp.detach(), values=values.detach(), entropy=ent, mask=batch.mask)
-        del lp, values, ent
     with torch.inference_mode():
+        for idx, batch in micro_batches:
+            lp, values, ent = forward(model, batch, temperature, with_entropy=True)
+            put(idx, batch, logprobs=lp, values=values, entropy=ent, mask=batch.mask)
         for idx, batch in ref_batches:
             put(idx, batch, ref_logprobs=ref_logprobs(batch))
     return out
