@@ -101,7 +101,7 @@ def _is_seq2seq(model) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: under it autocast re-casts float32 weights on every call, every token
 def sample(model, tokenizer, queries: list[list[int]], settings: GenerationSettings, num_return_sequences: int = 1,
            **extra) -> list[list[int]]:
     """Sample responses for a batch of query token ids; returns response ids per sequence.

@@ -98,8 +98,9 @@ def rollout_pass(model, micro_batches, ref_batches, ref_logprobs, temperature: f
     policy reads exactly those, because low-precision matmul kernels round differently
     for different batch shapes, so the first probability ratio is exactly 1 (tested).
     `ref_batches`: (indices, Batch) pairs for `ref_logprobs(batch)` (any grouping:
-    larger is faster). Everything runs in inference mode: with eager attention (what
-    the trainer uses on CPU) a forward gives the same bits with and without grad.
+    larger is faster). Nothing records a graph: with eager attention (what the trainer
+    uses on CPU) a forward gives the same bits with and without grad. (`no_grad`, not
+    inference mode, under which autocast would re-cast float32 weights for every batch.)
     """
     width = max(b.width for _, b in micro_batches)
     out = {k: torch.zeros(n, width, device=device) for k in ("logprobs", "ref_logprobs", "values", "entropy", "mask")}
@@ -109,7 +110,7 @@ def rollout_pass(model, micro_batches, ref_batches, ref_logprobs, temperature: f
         for key, value in values.items():
             out[key][rows, :batch.width] = value.float()
 
-    with torch.inference_mode():
+    with torch.no_grad():
         for idx, batch in micro_batches:
             lp, values, ent = forward(model, batch, temperature, with_entropy=True)
             put(idx, batch, logprobs=lp, values=values, entropy=ent, mask=batch.mask)
