@@ -63,6 +63,7 @@ def main(spec_path: str) -> None:
         max_new_tokens=spec["max_new_tokens"], min_new_tokens=spec["max_new_tokens"],
         temperature=spec["temperature"], top_k=0, top_p=1.0, mixed_precision="bf16" if spec["precision"] == "bf16" else "no",
         init_kl_coef=spec["kl_coef"], adaptive_kl=False, vf_coef=spec["vf_coef"], max_grad_norm=None,
+        gradient_checkpointing=spec.get("gradient_checkpointing", False),
         seed=spec["seed"], log_every=0, samples_per_step=0, max_prompt_tokens=None,
     )
     trainer = PPOTrainer(config, policy.model, tokenizer=tokenizer, dataset=dataset)

@@ -37,6 +37,9 @@ MODELS = {"tiny-gpt2": "tiny-gpt2", "smollm2": "smollm2-135m"}
 # Pad token to use when a tokenizer pads with its EOS (SmolLM2: <|im_end|> ends every chat turn).
 PAD_FALLBACK = {"smollm2-135m": "<|endoftext|>"}
 ALL_CASES = [f"{m}-{mode}-{prec}" for m in MODELS for mode in ("full", "lora") for prec in ("fp32", "bf16")]
+# Any case + CKPT: our side with activation checkpointing (PPOConfig.gradient_checkpointing); trl's PPO
+# loop never checkpoints, so such rows have no peer figure of their own.
+CKPT = "-ckpt"
 GROUPS = {
     "tiny-gpt2": ["tiny-gpt2-full-fp32"],
     "smollm2": [c for c in ALL_CASES if c.startswith("smollm2")],
@@ -52,7 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--cases", nargs="+", default=["default"],
                    help="cases (MODEL-MODE-PRECISION, e.g. smollm2-lora-bf16; MODEL is tiny-gpt2 or smollm2) or "
                         "groups: tiny-gpt2 (= tiny-gpt2-full-fp32), smollm2 (its 4 cases), default, all; "
-                        "comma- or space-separated")
+                        "a case ending in -ckpt (e.g. smollm2-lora-bf16-ckpt) runs our side with activation "
+                        "checkpointing; comma- or space-separated")
     p.add_argument("--steps", type=int, default=4, help="timed PPO steps per side (after the warm-up)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per side")
     p.add_argument("--batch-size", type=int, default=16)
@@ -87,7 +91,7 @@ def expand_cases(items: list[str]) -> list[str]:
     for item in (x for raw in items for x in raw.split(",") if x):
         names = GROUPS.get(item, [item])
         for name in names:
-            if name not in ALL_CASES:
+            if name.removesuffix(CKPT) not in ALL_CASES:
                 raise SystemExit(f"unknown case {name!r}; cases: {', '.join(ALL_CASES)}; groups: {', '.join(GROUPS)}")
             if name not in out:
                 out.append(name)
@@ -95,7 +99,7 @@ def expand_cases(items: list[str]) -> list[str]:
 
 
 def split_case(case: str) -> tuple[str, str, str]:
-    model, mode, prec = case.rsplit("-", 2)
+    model, mode, prec = case.removesuffix(CKPT).rsplit("-", 2)
     return MODELS[model], mode, prec
 
 
@@ -174,7 +178,7 @@ def make_spec(case: str, assets: dict, args) -> dict:
         "batch_size": args.batch_size, "mini_batch_size": args.mini_batch_size, "ppo_epochs": args.ppo_epochs,
         "max_new_tokens": args.max_new_tokens, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
         "learning_rate": args.learning_rate, "temperature": args.temperature, "kl_coef": args.kl_coef,
-        "vf_coef": 0.1, "seed": args.seed,
+        "vf_coef": 0.1, "seed": args.seed, "gradient_checkpointing": case.endswith(CKPT),
     }
 
 
@@ -367,7 +371,7 @@ def goal_checks(report: dict) -> list[str]:
         s = get(case, None, "speedup")
         if s is not None:
             out.append(f"{case}: {s:.2f}x the peer's steps/s (goal >= 2x): {'met' if s >= 2 else 'NOT met'}")
-    for case in ("smollm2-full-bf16", "smollm2-lora-bf16"):
+    for case in (c for c in report["cases"] if c.startswith("smollm2") and split_case(c)[2] == "bf16"):
         ours = get(case, "ours", "median_step_s")
         if ours and peer32:
             r = peer32 / ours
@@ -438,7 +442,7 @@ def main(argv=None) -> int:
                                      args.threads, args.timeout)
             print(f"bench: {case}: ours median {fmt(entry['ours'].get('median_step_s'))} s/step "
                   f"{entry['ours'].get('error', '')}")
-        if peer_python is None:
+        if peer_python is None or case.endswith(CKPT):
             entry["peer_status"] = "skipped"
         else:
             key = peer_cache_key(case, args, versions)
