@@ -130,13 +130,14 @@ def test_random_labels_give_chance_accuracy(tmp_path):
         if a != b:
             rows.append({"prompt": f"prompt {i}", "chosen": a, "rejected": b})
     data = write_jsonl(tmp_path / "random.jsonl", rows)
-    config = RewardConfig(backbone="tiny-bert", data=data, out=str(tmp_path / "rm"), epochs=2, lr=1e-3, batch_size=16,
+    config = RewardConfig(backbone="tiny-bert", data=data, out=str(tmp_path / "rm"), epochs=8, lr=3e-3, batch_size=16,
                           eval_fraction=0.5)
     history = train_reward_model(config, progress=False)
     held = history["eval"][-1]
     assert held["pairs"] >= 140
     assert 0.38 <= held["accuracy"] <= 0.62  # about 50%: no signal to learn
-    assert history["train"][-1]["accuracy"] > 0.5  # it did fit (memorise) some of the training pairs
+    # It did learn: it memorised the training pairs (about 80% by the last epoch), which says nothing of new pairs.
+    assert history["train"][-1]["accuracy"] > 0.65
 
 
 def test_cli_prints_accuracy_every_epoch_and_counts_truncation(tmp_path, capsys):
