@@ -20,106 +20,30 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-from rlhfkit.config import option, save_yaml
+from rlhfkit.config import save_yaml
+from rlhfkit.cpu import eager_attention, store_frozen_in_bf16
 from rlhfkit.errors import UserError
 from rlhfkit.losses import (
     AdaptiveKLController, FixedKLController, RunningMoments, kl_estimate, masked_gae, masked_mean, masked_var,
     policy_loss, value_loss,
 )
+from rlhfkit.models import checkpoint_activations
 from rlhfkit.ppo_checkpoint import (  # noqa: F401  (re-exported)
     OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, append_logs, find_checkpoint, load_checkpoint, save_checkpoint,
     save_final_model,
 )
+from rlhfkit.ppo_config import PPOConfig  # noqa: F401  (re-exported: rlhfkit.ppo.PPOConfig)
 from rlhfkit.rollout import (
     Batch, adapter_layers, adapters_disabled, decoder_start_id, forward, make_batch, rollout_pass,
 )
-from rlhfkit.cpu import eager_attention, store_frozen_in_bf16
-from rlhfkit.models import checkpoint_activations
 from rlhfkit.value_head import (
     ModelWithValueHead, create_reference_model, sparse_tied_embedding_grad,
 )
-
-
-@dataclass
-class PPOConfig:
-    # what to train (used by `train`, `resume` and the CLI; ignored when a model object is given)
-    model: str = option("smollm2-135m", "embedded name, hub id or folder of the policy")
-    prompts: str | None = option(None, "prompts file (JSONL, CSV, Parquet or datasets folder)")
-    reward: str = option("profanity", "reward source: an embedded name (profanity, vader, ...) or a reward model")
-    lora: bool = option(True, "train a LoRA adapter; the reference is the model with adapters disabled")
-    lora_r: int = option(16, "LoRA rank")
-    lora_alpha: int = option(32, "LoRA scaling alpha")
-    dtype: str = option("float32", "policy weights dtype: float32 or bfloat16")
-    steps: int = option(100, "PPO steps (batches) to run")
-    resume: str | None = option(None, "checkpoint or run folder to resume from (CLI)")
-    output_dir: str | None = option("runs/ppo", "run folder: config, metrics, samples, checkpoints, final model")
-    # optimisation
-    learning_rate: float = option(1e-5, "Adam learning rate")
-    lr_schedule: Literal["constant", "linear"] = option("constant", "learning-rate schedule over `steps`")
-    batch_size: int = option(16, "prompts per PPO step (per process)")
-    mini_batch_size: int = option(4, "sequences per optimiser step inside a PPO epoch")
-    gradient_accumulation_steps: int = option(1, "micro-batches per mini-batch (memory only; same maths)")
-    ppo_epochs: int = option(4, "optimisation passes over each batch")
-    max_grad_norm: float | None = option(1.0, "clip the gradient norm (None = off)")
-    gradient_checkpointing: bool = option(False, "recompute layer activations in the backward pass: far less memory, "
-                                                 "about one more forward pass of compute per micro-batch")
-    mixed_precision: Literal["no", "bf16", "fp16"] = option("no", "accelerate mixed precision (bf16 works on CPU)")
-    # PPO
-    gamma: float = option(1.0, "discount factor")
-    lam: float = option(0.95, "GAE lambda")
-    cliprange: float = option(0.2, "policy ratio clip range")
-    cliprange_value: float = option(0.2, "value clip range around the old values")
-    vf_coef: float = option(0.1, "value loss coefficient")
-    # KL leash
-    init_kl_coef: float = option(0.2, "initial KL coefficient beta")
-    adaptive_kl: bool = option(True, "adapt beta towards kl_target (else fixed beta)")
-    kl_target: float = option(6.0, "target per-sequence KL of the adaptive controller (nats)")
-    kl_horizon: int = option(10000, "horizon (samples) of the adaptive controller")
-    kl_estimator: Literal["k1", "k3"] = option("k1", "per-token KL estimator: k1 = log p/q, k3 = non-negative")
-    # scores
-    normalize_scores: bool = option(False, "normalise scores with their running mean and std")
-    score_clip: float | None = option(None, "clip (processed) scores to [-c, c] (None = off)")
-    missing_eos_penalty: float | None = option(None, "subtract from the score of completions without EOS")
-    # generation
-    max_new_tokens: int = option(48, "maximum tokens per completion")
-    min_new_tokens: int = option(0, "minimum tokens per completion")
-    temperature: float = option(1.0, "sampling temperature (log-probs use the same)")
-    top_k: int = option(0, "top-k sampling (0 = off, as PPO's log-probs assume)")
-    top_p: float = option(1.0, "nucleus sampling (1 = off)")
-    max_prompt_tokens: int | None = option(256, "keep the last N tokens of longer prompts")
-    generation_batch_size: int = option(0, "sequences generated at once (0 = batch_size)")
-    forward_batch_size: int = option(0, "sequences per reference forward (inference mode); 0 = the whole batch in "
-                                        "float32, the training micro-batches in bf16 (whose kernels round by shape)")
-    # run
-    seed: int = option(0, "random seed")
-    log_every: int = option(1, "print a summary line every N steps")
-    save_every: int = option(0, "checkpoint every N steps (0 = only at the end)")
-    samples_per_step: int = option(4, "prompt/response/score rows written to samples.jsonl per step")
-    max_bad_steps: int = option(3, "stop after this many skipped (non-finite) steps in a row")
-
-    def validate(self) -> None:
-        for name in ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs", "max_new_tokens",
-                     "steps", "kl_horizon", "max_bad_steps"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.mini_batch_size % self.gradient_accumulation_steps:
-            raise UserError("mini_batch_size must be a multiple of gradient_accumulation_steps")
-        if self.temperature <= 0 or self.learning_rate <= 0:
-            raise UserError("temperature and learning_rate must be positive")
-        if self.kl_estimator not in ("k1", "k3"):
-            raise UserError(f"kl_estimator {self.kl_estimator!r}: use k1 or k3")
-
-    def generation(self):
-        from rlhfkit.generation import GenerationSettings
-
-        return GenerationSettings(self.max_new_tokens, self.temperature, int(self.top_k), self.top_p, self.min_new_tokens)
 
 
 def _accelerator(mixed_precision: str):

@@ -32,7 +32,7 @@ def run_ppo(config, overrides: dict | None = None) -> int:
 
 
 def add_command(subparsers) -> None:
-    from rlhfkit.ppo import PPOConfig
+    from rlhfkit.ppo_config import PPOConfig
 
     parser = subparsers.add_parser("ppo", help="PPO with a KL leash: causal or seq2seq, LoRA, any reward; resumable")
     parser.add_argument("--config", help="YAML file of the fields below; flags override it")
