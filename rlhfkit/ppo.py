@@ -297,7 +297,8 @@ class PPOTrainer:
 
     def _rollout(self, queries, responses, perm) -> dict:
         """Old log-probs, values, entropy (policy, in the first epoch's micro-batches, so the first
-        ratio is exactly 1) and reference log-probs (inference mode, `forward_batch_size` at once)."""
+        ratio is exactly 1) and reference log-probs (`forward_batch_size` at once), all without grad under the
+        trainer's autocast."""
         micro = [(m, self._batch(queries, responses, m)) for mini in self._micro_batches(perm) for m in mini]
         n, size = len(responses), self.config.forward_batch_size
         if not size and self.config.mixed_precision != "no":
@@ -313,9 +314,8 @@ class PPOTrainer:
                                 self.accelerator.device)
 
     def _ref_logprobs(self, batch: Batch) -> torch.Tensor:
-        if self.ref_model is not None:
-            with self.accelerator.autocast():
-                return forward(self.ref_model, batch, self.config.temperature, with_values=False)[0]
+        if self.ref_model is not None:  # called inside _rollout's autocast
+            return forward(self.ref_model, batch, self.config.temperature, with_values=False)[0]
         with adapters_disabled(self.unwrapped.pretrained_model, self._adapter_layers):
             return forward(self.model, batch, self.config.temperature, with_values=False)[0]
 

@@ -58,7 +58,7 @@ class PPOConfig:
     top_p: float = option(1.0, "nucleus sampling (1 = off)")
     max_prompt_tokens: int | None = option(256, "keep the last N tokens of longer prompts")
     generation_batch_size: int = option(0, "sequences generated at once (0 = batch_size)")
-    forward_batch_size: int = option(0, "sequences per reference forward (inference mode); 0 = the whole batch in "
+    forward_batch_size: int = option(0, "sequences per reference forward (no grad); 0 = the whole batch in "
                                         "float32, the training micro-batches in bf16 (whose kernels round by shape)")
     # run
     seed: int = option(0, "random seed")
