@@ -63,7 +63,7 @@ def main(spec_path: str) -> None:
         max_new_tokens=spec["max_new_tokens"], min_new_tokens=spec["max_new_tokens"],
         temperature=spec["temperature"], top_k=0, top_p=1.0, mixed_precision="bf16" if spec["precision"] == "bf16" else "no",
         init_kl_coef=spec["kl_coef"], adaptive_kl=False, vf_coef=spec["vf_coef"], max_grad_norm=None,
-        gradient_checkpointing=spec.get("gradient_checkpointing", False),
+        gradient_checkpointing=spec.get("gradient_checkpointing", False), compile=spec.get("compile", False),
         seed=spec["seed"], log_every=0, samples_per_step=0, max_prompt_tokens=None,
     )
     trainer = PPOTrainer(config, policy.model, tokenizer=tokenizer, dataset=dataset)
@@ -80,11 +80,11 @@ def main(spec_path: str) -> None:
     history = trainer.history
     timed = history[spec["warmup"]:]
     keys = {"generation": "time/generate", "reward": "time/reward", "rollout": "time/ppo/forward_pass",
-            "training": "time/ppo/optimize_step"}
+            "training": "time/ppo/optimize_step", "train_passes": "time/ppo/train_passes"}
     phases = {name: common.median([h.get(key, 0.0) for h in timed]) for name, key in keys.items()}
     step_median = common.median(steps[spec["warmup"]:])
-    if step_median is not None:
-        phases["other"] = step_median - sum(v or 0.0 for v in phases.values())
+    if step_median is not None:  # train_passes is a part of training
+        phases["other"] = step_median - sum(v or 0.0 for k, v in phases.items() if k != "train_passes")
     ref = trainer.ref_model
     common.emit({
         "side": "ours", "library": f"rlhfkit=={getattr(rlhfkit, '__version__', '?')}",

@@ -32,7 +32,7 @@ from rlhfkit.losses import (
     AdaptiveKLController, FixedKLController, RunningMoments, kl_estimate, masked_gae, masked_mean, masked_var,
     policy_loss, value_loss,
 )
-from rlhfkit.models import checkpoint_activations
+from rlhfkit.models import checkpoint_activations, compile_layers
 from rlhfkit.ppo_checkpoint import (  # noqa: F401  (re-exported)
     OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, append_logs, find_checkpoint, load_checkpoint, save_checkpoint,
     save_final_model,
@@ -109,6 +109,8 @@ class PPOTrainer:
         self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         self.model.eval()  # dropout off while sampling and training
         self._checkpointed = checkpoint_activations(model.pretrained_model) if config.gradient_checkpointing else []
+        if config.compile:  # after the reference copy, which stays eager
+            compile_layers(model.pretrained_model)
         self.scheduler = None
         if config.lr_schedule == "linear":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -245,7 +247,8 @@ class PPOTrainer:
             return self._skip("non-finite loss", queries)
         t2 = time.time()
         stats = self._stats(data, scores, raw_scores, queries, responses, train)
-        stats.update({"time/ppo/forward_pass": t1 - t0, "time/ppo/optimize_step": t2 - t1, "time/ppo/total": time.time() - t0})
+        stats.update({"time/ppo/forward_pass": t1 - t0, "time/ppo/optimize_step": t2 - t1,
+                      "time/ppo/train_passes": self.pass_seconds, "time/ppo/total": time.time() - t0})
         self.kl_ctl.update(stats["objective/kl"], len(queries) * self.accelerator.num_processes)
         if self.scheduler is not None:
             self.scheduler.step()
@@ -344,6 +347,7 @@ class PPOTrainer:
         """ppo_epochs passes of clipped losses over mini-batches; mean stats, or None on a non-finite loss."""
         c, acc = self.config, self.accelerator
         self.minibatch_stats = []
+        self.pass_seconds = 0.0  # forward + loss + backward of the micro-batches, without optimiser steps
         for perm in perms:
             for mini in self._micro_batches(perm):
                 n_tokens = sum(data["mask"][i].sum() for i in mini).clamp(min=1)
@@ -351,8 +355,10 @@ class PPOTrainer:
                 sums: dict[str, float] = {}
                 for k, micro in enumerate(mini):
                     sync = contextlib.nullcontext() if k == len(mini) - 1 else acc.no_sync(self.model)
+                    t = time.perf_counter()
                     with sync:
                         stats = self._micro_step(queries, responses, data, micro, n_tokens)
+                    self.pass_seconds += time.perf_counter() - t
                     if stats is None:
                         self.optimizer.zero_grad(set_to_none=True)
                         return None

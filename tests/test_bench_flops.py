@@ -113,3 +113,15 @@ def test_median():
     assert common.median([3.0, 1.0, 2.0]) == 2.0
     assert common.median([4.0, 1.0, 2.0, 3.0]) == 2.5
     assert common.median([]) is None
+
+
+def test_case_suffixes_switch_our_side_options_and_keep_the_base_case():
+    import run
+
+    assert run.case_options("smollm2-lora-bf16") == ("smollm2-lora-bf16", {})
+    assert run.case_options("smollm2-lora-bf16-ckpt-compile") == (
+        "smollm2-lora-bf16", {"compile": True, "gradient_checkpointing": True})
+    assert run.split_case("smollm2-full-fp32-compile") == ("smollm2-135m", "full", "fp32")
+    assert run.expand_cases(["tiny-gpt2,smollm2-lora-bf16-compile"]) == ["tiny-gpt2-full-fp32", "smollm2-lora-bf16-compile"]
+    with pytest.raises(SystemExit, match="unknown case"):
+        run.expand_cases(["smollm2-lora-bf16-fast"])
