@@ -78,6 +78,11 @@ class PPOConfig:
             raise UserError("mini_batch_size must be a multiple of gradient_accumulation_steps")
         if self.temperature <= 0 or self.learning_rate <= 0:
             raise UserError("temperature and learning_rate must be positive")
+        if self.compile and self.gradient_checkpointing:
+            # measured: torch.compile skips a layer's frame under checkpointing's saved-tensor hooks, so the
+            # pair would silently run eager
+            raise UserError("compile and gradient_checkpointing do not combine (checkpointed layers run eager); "
+                            "choose one: compile for speed, gradient_checkpointing for memory")
         if self.kl_estimator not in ("k1", "k3"):
             raise UserError(f"kl_estimator {self.kl_estimator!r}: use k1 or k3")
 

@@ -157,9 +157,11 @@ def test_compiled_layers_run_only_the_training_passes_and_give_the_same_update(l
     assert checked >= len(grads["eager"]) // 2
 
 
-def test_compile_refuses_seq2seq_models():
+def test_compile_refuses_seq2seq_models_and_activation_checkpointing():
     with pytest.raises(UserError, match="causal models only"):
         make("tiny-t5", compile=True)
+    with pytest.raises(UserError, match="do not combine"):
+        make(compile=True, gradient_checkpointing=True)
 
 
 def test_lora_reference_is_the_policy_with_adapters_disabled():
