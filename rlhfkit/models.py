@@ -355,7 +355,20 @@ def _layer_forward(layer, compiled, *args, **kwargs):
     return type(layer).forward(layer, *args, **kwargs)
 
 
-def compile_layers(model) -> list:
+def _inductor_with_memory_budget(budget: float):
+    """Inductor, splitting each graph into forward and backward under `activation_memory_budget`
+    (what to keep for the backward pass, what to recompute there). Its own backend object, so
+    torch.compile never reuses a graph compiled under another budget in the same process."""
+    def backend(graph, example_inputs):
+        import torch._functorch.config as functorch_config
+        from torch._inductor.compile_fx import compile_fx
+
+        with functorch_config.patch(activation_memory_budget=budget):
+            return compile_fx(graph, example_inputs)
+    return backend
+
+
+def compile_layers(model, memory_budget: float | None = None) -> list:
     """`torch.compile` each transformer layer for the passes that build a graph (training
     forward and backward); passes without grad (sampling, rollout and reference forwards)
     keep the eager code, so generation never recompiles for its growing lengths.
@@ -364,7 +377,12 @@ def compile_layers(model) -> list:
     layers of a class share one compiled graph: the first training pass compiles it
     (about 15-30 s for SmolLM2 on 2 CPU cores), the first pass of another shape compiles
     a dynamic-shape version once more, and later passes reuse them. The LM head, the
-    log-prob kernel and the value head stay eager. Returns the layers.
+    log-prob kernel and the value head stay eager.
+
+    `memory_budget` (0-1, torch's `activation_memory_budget`) lets the compiler recompute
+    activations in the backward pass instead of keeping them: 0 keeps about what
+    activation checkpointing keeps (each layer's inputs), with the recomputation fused.
+    Returns the layers.
     """
     import functools
 
@@ -383,7 +401,8 @@ def compile_layers(model) -> list:
     for layer in layers:
         cls = type(layer)
         if cls not in compiled:
-            compiled[cls] = torch.compile(cls.forward)
+            compiled[cls] = torch.compile(cls.forward) if memory_budget is None else \
+                torch.compile(cls.forward, backend=_inductor_with_memory_budget(memory_budget))
         # an instance attribute, so a deepcopy of the model gets its own (copied) layer bound in
         layer.forward = functools.partial(_layer_forward, layer, compiled[cls])
     return layers

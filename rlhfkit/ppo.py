@@ -108,9 +108,13 @@ class PPOTrainer:
         # that wrapper; every forward below runs inside `accelerator.autocast()` instead.
         self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         self.model.eval()  # dropout off while sampling and training
-        self._checkpointed = checkpoint_activations(model.pretrained_model) if config.gradient_checkpointing else []
+        self._checkpointed = []
         if config.compile:  # after the reference copy, which stays eager
-            compile_layers(model.pretrained_model)
+            # with gradient_checkpointing the compiler recomputes activations itself: torch.compile skips
+            # layers under transformers' checkpointing, and its own recomputation is fused
+            compile_layers(model.pretrained_model, memory_budget=0.0 if config.gradient_checkpointing else None)
+        elif config.gradient_checkpointing:
+            self._checkpointed = checkpoint_activations(model.pretrained_model)
         self.scheduler = None
         if config.lr_schedule == "linear":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -157,11 +157,50 @@ def test_compiled_layers_run_only_the_training_passes_and_give_the_same_update(l
     assert checked >= len(grads["eager"]) // 2
 
 
-def test_compile_refuses_seq2seq_models_and_activation_checkpointing():
+def test_compile_refuses_seq2seq_models():
     with pytest.raises(UserError, match="causal models only"):
         make("tiny-t5", compile=True)
-    with pytest.raises(UserError, match="do not combine"):
-        make(compile=True, gradient_checkpointing=True)
+
+
+def _saved_activation_bytes(model, ids):
+    """Bytes the autograd graph of one forward keeps for its backward, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, use_cache=False).logits.sum().backward()
+    return sum(saved.values())
+
+
+@pytest.mark.slow
+def test_compile_with_a_zero_memory_budget_keeps_fewer_activations_and_the_same_gradients():
+    from rlhfkit.models import compile_layers
+
+    ids = torch.randint(5, 500, (4, 48), generator=torch.Generator().manual_seed(0))
+    results = {}
+    for budget in ("eager", None, 0.0):
+        model = load_policy("tiny-gpt2", verbose=False).model
+        if budget != "eager":
+            compile_layers(model, memory_budget=budget)
+        results[budget] = _saved_activation_bytes(model, ids), [p.grad.clone() for p in model.parameters()]
+    assert results[0.0][0] < 0.6 * results[None][0]  # the compiler recomputes instead of keeping
+    for budget in (None, 0.0):
+        for g, h in zip(results["eager"][1], results[budget][1]):
+            assert (g - h).norm() <= 1e-4 * g.norm() + 1e-7
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_with_compile_uses_the_compilers_recomputation():
+    trainer = make(lora=True, ppo_epochs=1, gradient_checkpointing=True, compile=True)
+    assert trainer._checkpointed == []  # transformers' checkpointing stays off: compile would skip those layers
+    assert any(isinstance(m.forward, functools.partial) for m in trainer.unwrapped.pretrained_model.modules())
+    stats = trainer.step(*rollout(trainer))
+    assert math.isfinite(stats["ppo/loss/total"])
 
 
 def test_lora_reference_is_the_policy_with_adapters_disabled():
