@@ -325,6 +325,15 @@ def load_policy(name: str, lora: LoraOptions | bool | dict | None = None, dtype=
     return policy
 
 
+def _base_and_layers(model) -> tuple:
+    """The transformers model under any peft wrapper, and its transformer layers: the blocks
+    transformers can checkpoint (`GradientCheckpointingLayer`)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base, [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
 def checkpoint_activations(model) -> list:
     """Recompute each transformer layer's activations in the backward pass instead of keeping
     them (transformers' activation checkpointing, non-reentrant), while the model stays in
@@ -334,14 +343,12 @@ def checkpoint_activations(model) -> list:
     get that flag and nothing below them does. Returns the layers: set the flag again after
     anything calls `model.eval()`.
     """
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base, layers = _base_and_layers(model)
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise UserError(f"{type(base).__name__} does not support activation checkpointing; "
                         "turn gradient_checkpointing off")
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    layers = [m for m in layers if m.gradient_checkpointing]
     for layer in layers:
         layer.training = True
     return layers
@@ -387,14 +394,12 @@ def compile_layers(model, memory_budget: float | None = None) -> list:
     import functools
 
     import torch
-    from transformers.modeling_layers import GradientCheckpointingLayer
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base, layers = _base_and_layers(model)
     if getattr(base.config, "is_encoder_decoder", False):
         # measured with torch 2.13: T5's relative position bias, made in the first block and read by
         # the others, gets a wrong gradient when each block is compiled
         raise UserError(f"compile supports causal models only, not {type(base).__name__}; turn compile off")
-    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:
         raise UserError(f"{type(base).__name__} has no transformer layers to compile; turn compile off")
     compiled: dict[type, object] = {}
