@@ -162,7 +162,7 @@ def pair_rewards(model, pairs: list[tuple[dict, dict]], pad_id: int, autocast: b
     the pairs of one ranking share its K completions, so K forward passes serve K-choose-2 pairs."""
     import torch
 
-    from rlhfkit.rewards import collate_features
+    from rlhfkit.rewards import classifier_logits, collate_features
 
     index: dict[tuple, int] = {}
     unique, slots = [], []
@@ -175,7 +175,7 @@ def pair_rewards(model, pairs: list[tuple[dict, dict]], pad_id: int, autocast: b
             slots.append(index[key])
     batch = collate_features(unique, pad_id, next(model.parameters()).device)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        r = model(**batch).logits[:, 0].float()
+        r = classifier_logits(model, batch)[:, 0].float()
     slots = torch.tensor(slots, device=r.device).view(-1, 2)
     return r[slots[:, 0]], r[slots[:, 1]]
 

@@ -230,6 +230,17 @@ def collate_features(features: list[dict[str, list[int]]], pad_id: int, device=N
     return batch
 
 
+def classifier_logits(model, batch: dict):
+    """A sequence classifier's logits for a collated batch.
+
+    Classifiers built on a decoder (SmolLM2 or GPT-2 reward models) default to
+    use_cache=True and would keep every layer's keys and values, which one
+    scoring pass never reads: 72 MB of a 116 MB peak for SmolLM2 at 16 x 98 tokens.
+    """
+    extra = {"use_cache": False} if getattr(model.config, "use_cache", False) else {}
+    return model(**batch, **extra).logits
+
+
 class ClassifierReward(RewardSource):
     """A sequence classifier's output for each completion.
 
@@ -287,7 +298,7 @@ class ClassifierReward(RewardSource):
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))  # similar lengths: less padding
         batch = collate_features([feats[i] for i in order], self.tokenizer.pad_token_id, self.device)
         with torch.inference_mode():
-            logits = self.model(**batch).logits.float()
+            logits = classifier_logits(self.model, batch).float()
         if self.mode == "prob":
             values = torch.sigmoid(logits) if self._sigmoid else torch.softmax(logits, dim=-1)
         else:

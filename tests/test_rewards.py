@@ -205,3 +205,26 @@ def test_base_class_interface():
     assert get_reward(source) is source and source.to("cpu") is source
     assert source(["p"] * 3, ["c"] * 3) == [1.0, 1.0, 1.0]
     assert ToxicityReward().to("cpu").higher_is_better is False
+
+
+def test_decoder_classifier_scores_without_a_kv_cache():
+    """A GPT-2 reward model's config says use_cache=True; one scoring pass never reads a cache, so none is built."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhfkit.models import load_tokenizer, resolve
+
+    tokenizer = load_tokenizer("tiny-gpt2")
+    model = AutoModelForSequenceClassification.from_pretrained(resolve("tiny-gpt2"), num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    assert model.config.use_cache
+    seen = []
+    model.register_forward_hook(lambda m, args, kwargs, out: seen.append((kwargs.get("use_cache"), out.past_key_values)),
+                                with_kwargs=True)
+    texts = ["hello there", "a somewhat longer completion"]
+    scores = ClassifierReward(model, tokenizer)(["p", "q"], texts)
+    assert seen == [(False, None)]
+    with torch.inference_mode():
+        alone = [model(input_ids=torch.tensor([tokenizer(t)["input_ids"]])).logits[0, 0].item() for t in texts]
+    assert seen[-1][1] is not None  # the plain call did build one
+    assert scores == pytest.approx(alone, abs=1e-5)
