@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.data import Prompt
+from rlhfkit.errors import UserError
 
 
 @dataclass
@@ -94,6 +95,21 @@ def strip_response(tokens: list[int], eos_id: int | None, pad_id: int | None) ->
         while out and out[-1] == pad_id:
             out.pop()
     return out
+
+
+def static_cache_kwargs(model) -> dict:
+    """`generate()` keywords for a KV cache allocated once at its final length.
+
+    The default cache grows by concatenation at every token, and on CPU the
+    freed blocks of each length fragment the heap: about 0.1 GB of extra peak
+    memory for SmolLM2-135M at batch 16 (docs/ppo.md). A static cache writes
+    in place. `disable_compile` keeps transformers from compiling the decoder
+    on GPU, where it would do so for any static cache.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "_can_compile_fullgraph", False):
+        raise UserError(f"{type(base).__name__} has no static KV cache in transformers; turn static_cache off")
+    return {"cache_implementation": "static", "disable_compile": True}
 
 
 def _is_seq2seq(model) -> bool:

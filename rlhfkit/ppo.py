@@ -28,6 +28,7 @@ import torch
 from rlhfkit.config import save_yaml
 from rlhfkit.cpu import eager_attention, store_frozen_in_bf16
 from rlhfkit.errors import UserError
+from rlhfkit.generation import sample, static_cache_kwargs
 from rlhfkit.losses import (
     AdaptiveKLController, FixedKLController, RunningMoments, kl_estimate, masked_gae, masked_mean, masked_var,
     policy_loss, value_loss,
@@ -108,6 +109,7 @@ class PPOTrainer:
         # that wrapper; every forward below runs inside `accelerator.autocast()` instead.
         self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         self.model.eval()  # dropout off while sampling and training
+        self._cache_kwargs = static_cache_kwargs(model.pretrained_model) if config.static_cache else {}
         self._checkpointed = []
         if config.compile:  # after the reference copy, which stays eager
             # with gradient_checkpointing the compiler recomputes activations itself: torch.compile skips
@@ -202,10 +204,8 @@ class PPOTrainer:
         `generation_kwargs` override the config's generation fields (max_new_tokens,
         temperature, top_k, top_p, min_new_tokens); other keys go to HF `generate`.
         """
-        from rlhfkit.generation import sample
-
         settings = self.config.generation()
-        extra = {}
+        extra = dict(self._cache_kwargs)
         for key, value in generation_kwargs.items():
             if hasattr(settings, key):
                 setattr(settings, key, int(value) if key == "top_k" else value)

@@ -157,6 +157,30 @@ def test_compiled_layers_run_only_the_training_passes_and_give_the_same_update(l
     assert checked >= len(grads["eager"]) // 2
 
 
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-t5"])
+def test_static_cache_samples_the_same_tokens_from_one_allocation(model, monkeypatch):
+    from transformers.cache_utils import StaticCache
+
+    made = []
+    init = StaticCache.__init__
+    monkeypatch.setattr(StaticCache, "__init__", lambda self, *a, **k: made.append(1) or init(self, *a, **k))
+    responses = {}
+    for static in (False, True):
+        trainer = make(model, static_cache=static)
+        torch.manual_seed(0)
+        responses[static] = [r.tolist() for r in trainer.generate(trainer.queries[:8])]
+    assert made  # the second trainer sampled through a static cache
+    assert responses[True] == responses[False]  # float32: the in-place cache changes no logit
+
+
+def test_static_cache_refuses_a_model_without_one(monkeypatch):
+    from transformers import GPT2LMHeadModel
+
+    monkeypatch.setattr(GPT2LMHeadModel, "_can_compile_fullgraph", False)
+    with pytest.raises(UserError, match="GPT2LMHeadModel has no static KV cache.*turn static_cache off"):
+        make(static_cache=True)
+
+
 def test_compile_refuses_seq2seq_models():
     with pytest.raises(UserError, match="causal models only"):
         make("tiny-t5", compile=True)
