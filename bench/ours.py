@@ -43,6 +43,7 @@ def main(spec_path: str) -> None:
     from rlhfkit.ppo import PPOConfig, PPOTrainer
     from rlhfkit.rewards import ClassifierReward
 
+    common.import_model_code(spec)
     baseline = common.rss_bytes()
     B = spec["batch_size"]
     tokenizer = AutoTokenizer.from_pretrained(spec["reward_model"])
@@ -64,6 +65,7 @@ def main(spec_path: str) -> None:
         temperature=spec["temperature"], top_k=0, top_p=1.0, mixed_precision="bf16" if spec["precision"] == "bf16" else "no",
         init_kl_coef=spec["kl_coef"], adaptive_kl=False, vf_coef=spec["vf_coef"], max_grad_norm=None,
         gradient_checkpointing=spec.get("gradient_checkpointing", False), compile=spec.get("compile", False),
+        static_cache=spec.get("static_cache", False),
         seed=spec["seed"], log_every=0, samples_per_step=0, max_prompt_tokens=None,
     )
     trainer = PPOTrainer(config, policy.model, tokenizer=tokenizer, dataset=dataset)

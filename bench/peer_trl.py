@@ -55,6 +55,7 @@ def main(spec_path: str) -> None:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as trl_ppo
 
+    common.import_model_code(spec)
     baseline = common.rss_bytes()
     B, M = spec["batch_size"], spec["mini_batch_size"]
     total_steps = spec["warmup"] + spec["steps"]

@@ -38,8 +38,9 @@ MODELS = {"tiny-gpt2": "tiny-gpt2", "smollm2": "smollm2-135m"}
 PAD_FALLBACK = {"smollm2-135m": "<|endoftext|>"}
 ALL_CASES = [f"{m}-{mode}-{prec}" for m in MODELS for mode in ("full", "lora") for prec in ("fp32", "bf16")]
 # Any case + these suffixes (in any order): our side with a PPOConfig switch on: activation checkpointing,
-# torch.compile of the layers. trl's PPO loop uses neither, so such rows have no peer figure of their own.
-OURS_ONLY = {"-ckpt": "gradient_checkpointing", "-compile": "compile"}
+# torch.compile of the layers, a static sampling KV cache. trl's PPO loop uses none of them, so such
+# rows have no peer figure of their own.
+OURS_ONLY = {"-ckpt": "gradient_checkpointing", "-compile": "compile", "-static": "static_cache"}
 GROUPS = {
     "tiny-gpt2": ["tiny-gpt2-full-fp32"],
     "smollm2": [c for c in ALL_CASES if c.startswith("smollm2")],
@@ -55,8 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--cases", nargs="+", default=["default"],
                    help="cases (MODEL-MODE-PRECISION, e.g. smollm2-lora-bf16; MODEL is tiny-gpt2 or smollm2) or "
                         "groups: tiny-gpt2 (= tiny-gpt2-full-fp32), smollm2 (its 4 cases), default, all; "
-                        "a case ending in -ckpt and/or -compile (e.g. smollm2-lora-bf16-compile) runs only our "
-                        "side, with activation checkpointing / torch.compile; comma- or space-separated")
+                        "a case ending in -ckpt, -compile and/or -static (e.g. smollm2-lora-bf16-ckpt-compile-static) "
+                        "runs only our side, with activation checkpointing / torch.compile / a static KV cache; "
+                        "comma- or space-separated")
     p.add_argument("--steps", type=int, default=4, help="timed PPO steps per side (after the warm-up)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per side")
     p.add_argument("--batch-size", type=int, default=16)
