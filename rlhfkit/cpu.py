@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rlhfkit.models import unwrap_peft
+
 
 def _cast_input(module, args):
     x = args[0] if args else None
@@ -81,7 +83,7 @@ def eager_attention(model: nn.Module) -> bool:
     with LoRA in bf16, 1.17 s -> 0.89 s fully trained in bf16 and 2.25 s -> 2.10 s in
     float32. On GPU the flash kernels are the fast path, so only CPU models change.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     config = getattr(base, "config", None)
     if config is None or next(base.parameters()).device.type != "cpu" \
             or getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(base, "set_attn_implementation"):

@@ -12,6 +12,7 @@ import torch
 
 from rlhfkit.data import Prompt
 from rlhfkit.errors import UserError
+from rlhfkit.models import unwrap_peft
 
 
 @dataclass
@@ -103,10 +104,10 @@ def static_cache_kwargs(model) -> dict:
     The default cache grows by concatenation at every token, and on CPU the
     freed blocks of each length fragment the heap: about 0.06 GB of a PPO
     step's peak memory for SmolLM2-135M at batch 16 (docs/ppo.md). A static
-    cache writes in place. `disable_compile` keeps transformers from compiling the decoder
-    on GPU, where it would do so for any static cache.
+    cache writes in place. `disable_compile` keeps transformers from compiling
+    the decoder on GPU, where it would do so for any static cache.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     if not getattr(base, "_can_compile_fullgraph", False):
         raise UserError(f"{type(base).__name__} has no static KV cache in transformers; turn static_cache off")
     return {"cache_implementation": "static", "disable_compile": True}

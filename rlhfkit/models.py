@@ -325,12 +325,17 @@ def load_policy(name: str, lora: LoraOptions | bool | dict | None = None, dtype=
     return policy
 
 
+def unwrap_peft(model):
+    """The transformers model under any peft wrapper (the model itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _base_and_layers(model) -> tuple:
     """The transformers model under any peft wrapper, and its transformer layers: the blocks
     transformers can checkpoint (`GradientCheckpointingLayer`)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     return base, [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 

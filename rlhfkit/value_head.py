@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlhfkit.models import unwrap_peft
+
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
@@ -136,7 +138,7 @@ def sparse_tied_embedding_grad(model: nn.Module) -> bool:
     matrix in every backward (a large share of a small model's backward on CPU). The
     summed gradient stays dense, so any optimizer takes it. Returns whether it applied.
     """
-    base = model.get_base_model() if is_peft_model(model) else model
+    base = unwrap_peft(model)
     inp, out = base.get_input_embeddings(), base.get_output_embeddings()
     if isinstance(inp, nn.Embedding) and out is not None and inp.weight is getattr(out, "weight", None) \
             and inp.weight.requires_grad:
