@@ -117,6 +117,13 @@ class PPOTrainer:
             compile_layers(model.pretrained_model, memory_budget=0.0 if config.gradient_checkpointing else None)
         elif config.gradient_checkpointing:
             self._checkpointed = checkpoint_activations(model.pretrained_model)
+        if config.gradient_checkpointing:
+            # the response logits and their gradient are the training pass's largest tensors: recompute
+            # them in row chunks too, where the model's logits are exactly its linear head's output
+            start = decoder_start_id(model.pretrained_model) if self.seq2seq else None
+            probe = make_batch([[0, 1]], [[1, 0]], tokenizer.pad_token_id, self.seq2seq, start, self.accelerator.device)
+            with self.accelerator.autocast():
+                model.chunked_head = model.head_is_last_op(**probe.inputs, logits_to_keep=probe.width)
         self.scheduler = None
         if config.lr_schedule == "linear":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(

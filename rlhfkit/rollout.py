@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.generation import pad
-from rlhfkit.losses import entropy_from_logits, logprobs_from_logits
+from rlhfkit.losses import entropy_from_logits, linear_logprobs, logprobs_from_logits
 
 
 @dataclass
@@ -81,7 +81,15 @@ def forward(model, batch: Batch, temperature: float = 1.0, with_values: bool = T
     `model` is a `ModelWithValueHead` (possibly wrapped by accelerate/DDP) or, with
     `with_values=False`, any HF/peft language model.
     """
-    if hasattr(model, "v_head") or hasattr(getattr(model, "module", None), "v_head"):
+    inner = getattr(model, "module", model)  # under accelerate/DDP: the ModelWithValueHead
+    if getattr(inner, "chunked_head", False):  # log-probs from the hidden state, without full logits
+        hidden, values = model(**batch.inputs, logits_to_keep=batch.width, with_values=with_values,
+                               with_logits=False)
+        head = inner.lm_head()
+        logprobs, entropy = linear_logprobs(hidden[:, -batch.width:], head.weight, head.bias, batch.responses,
+                                            temperature, with_entropy)
+        return logprobs, (values.float() if values is not None else None), entropy
+    if hasattr(inner, "v_head"):
         logits, values = model(**batch.inputs, logits_to_keep=batch.width, with_values=with_values)
     else:
         logits, values = _plain_logits(model, batch), None

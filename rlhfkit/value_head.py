@@ -9,6 +9,7 @@ and the first value loss does not disturb the policy.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 
@@ -56,7 +57,10 @@ class ModelWithValueHead(nn.Module):
 
     `forward(**inputs, logits_to_keep=R)` returns (logits, values): for causal models
     only the last R positions (the ones that predict response tokens), for seq2seq
-    every decoder position. `values` is None when `with_values=False`.
+    every decoder position. `values` is None when `with_values=False`. With
+    `with_logits=False` the LM head is skipped and the first output is the hidden
+    state it would have read, for `losses.linear_logprobs`; `chunked_head` says the
+    trainer should take that path (set it only where `head_is_last_op` holds).
     """
 
     def __init__(self, pretrained_model, v_head: ValueHead | None = None):
@@ -71,6 +75,7 @@ class ModelWithValueHead(nn.Module):
         if head is None:
             raise ValueError(f"{type(pretrained_model).__name__} has no LM head; PPO needs a language model")
         head.register_forward_pre_hook(self._capture)
+        self.chunked_head = False
         base = self.base_model()
         self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
 
@@ -86,17 +91,41 @@ class ModelWithValueHead(nn.Module):
     def _capture(self, module, args):
         self._hidden = args[0]
 
-    def forward(self, logits_to_keep: int | None = None, with_values: bool = True, **inputs):
+    def forward(self, logits_to_keep: int | None = None, with_values: bool = True, with_logits: bool = True,
+                **inputs):
         if logits_to_keep and self._keeps_logits and not self.is_encoder_decoder:
             inputs["logits_to_keep"] = logits_to_keep
         self._hidden = None
-        out = self.pretrained_model(**inputs, use_cache=False, return_dict=True)
+        with contextlib.nullcontext() if with_logits else _head_skipped(self.lm_head()):
+            out = self.pretrained_model(**inputs, use_cache=False, return_dict=True)
         logits, hidden = out.logits, self._hidden
         self._hidden = None
-        if logits_to_keep and not self.is_encoder_decoder and logits.shape[1] != logits_to_keep:
+        if logits_to_keep and not self.is_encoder_decoder and hidden.shape[1] != logits_to_keep:
             logits, hidden = logits[:, -logits_to_keep:], hidden[:, -logits_to_keep:]
         values = self.v_head(hidden) if with_values else None
-        return logits, values
+        return (logits if with_logits else hidden), values
+
+    def lm_head(self) -> nn.Module:
+        return self.pretrained_model.get_output_embeddings()
+
+    @torch.no_grad()
+    def head_is_last_op(self, **inputs) -> bool:
+        """Whether the logits are exactly a plain linear LM head applied to the captured hidden state.
+
+        Not so when the model transforms them afterwards (Gemma 2's softcapping, Cohere's
+        logit scale) or the head is a peft/quantised layer: log-probs must then come from
+        the model's own logits. Checked on `inputs` (one small batch is enough), in the
+        caller's autocast state.
+        """
+        head = self.lm_head()
+        if type(head) is not nn.Linear:
+            return False
+        logits, _ = self(**inputs, with_values=False)
+        hidden, _ = self(**inputs, with_values=False, with_logits=False)
+        if not torch.is_autocast_enabled(hidden.device.type):
+            hidden = hidden.to(head.weight.dtype)  # as the head's own input cast (cpu.store_frozen_in_bf16)
+        expected = nn.functional.linear(hidden, head.weight, head.bias)
+        return logits.shape == expected.shape and torch.allclose(logits.float(), expected.float(), rtol=1e-4, atol=1e-5)
 
     def generate(self, *args, **kwargs):
         return self.pretrained_model.generate(*args, **kwargs)
@@ -118,6 +147,20 @@ class ModelWithValueHead(nn.Module):
         Path(folder).mkdir(parents=True, exist_ok=True)
         self.pretrained_model.save_pretrained(str(folder), **kwargs)
         self.save_value_head(folder)
+
+
+@contextlib.contextmanager
+def _head_skipped(head: nn.Module):
+    """Within: `head` returns an empty [.., 0] tensor instead of logits (its hooks still run)."""
+    own = head.__dict__.get("forward")  # an instance-level forward (accelerate hooks) to put back
+    head.forward = lambda hidden, *args, **kwargs: hidden.new_empty(*hidden.shape[:-1], 0)
+    try:
+        yield
+    finally:
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
 
 
 def create_reference_model(model) -> nn.Module:

@@ -4,10 +4,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+
+from rlhfkit import losses
 
 from rlhfkit.losses import (
     AdaptiveKLController, FixedKLController, RunningMoments, entropy_from_logits, gae, kl_estimate,
-    logprobs_from_logits, masked_gae, masked_mean, masked_var, masked_whiten, policy_loss, value_loss,
+    linear_logprobs, logprobs_from_logits, masked_gae, masked_mean, masked_var, masked_whiten, policy_loss, value_loss,
 )
 
 
@@ -183,3 +186,63 @@ def test_fused_logprobs_match_autograd_through_log_softmax(dtype, temperature):
     entropy = entropy_from_logits(x, temperature)
     logp = torch.log_softmax(x.detach().float() / temperature, -1)
     assert torch.allclose(entropy, -(logp.exp() * logp).sum(-1), atol=1e-4)
+
+
+def test_linear_logprobs_hand_worked():
+    # hidden [1, 0], head rows [1, 0], [0, 1], [0, 0], bias [0, 0, ln 2] -> logits [1, 0, ln 2]
+    # log p(0) = 1 - ln(e + 1 + 2); at T = 0.5: logits / T = [2, 0, 2 ln 2], log p(0) = 2 - ln(e^2 + 1 + 4)
+    hidden, weight = torch.tensor([[[1.0, 0.0]]]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    bias = torch.tensor([0.0, 0.0, math.log(2.0)])
+    lp, entropy = linear_logprobs(hidden, weight, bias, torch.tensor([[0]]), with_entropy=True)
+    assert lp.item() == pytest.approx(1 - math.log(math.e + 3), abs=1e-6)
+    p = torch.tensor([math.e, 1.0, 2.0]) / (math.e + 3)
+    assert entropy.item() == pytest.approx(-(p * p.log()).sum().item(), abs=1e-6)
+    lp, _ = linear_logprobs(hidden, weight, bias, torch.tensor([[0]]), temperature=0.5)
+    assert lp.item() == pytest.approx(2 - math.log(math.e ** 2 + 5), abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_linear_logprobs_match_the_logits_path_in_value_and_gradient(monkeypatch, temperature):
+    """Four row chunks (3 + 3 + 3 + 1 rows) against autograd through the full logits, for hidden, weight and bias."""
+    monkeypatch.setattr(losses, "_head_rows", lambda vocab: 3)
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    weight, bias = torch.randn(11, 8, requires_grad=True), torch.randn(11, requires_grad=True)
+    labels, upstream = torch.randint(0, 11, (2, 5)), torch.randn(2, 5)
+    got, none = linear_logprobs(hidden, weight, bias, labels, temperature)
+    (got * upstream).sum().backward()
+    grads = [t.grad.clone() for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    expected = logprobs_from_logits(F.linear(hidden, weight, bias), labels, temperature)
+    (expected * upstream).sum().backward()
+    assert none is None and got.dtype == torch.float32
+    assert torch.allclose(got, expected, atol=1e-6)
+    for g, t in zip(grads, (hidden, weight, bias)):
+        assert g.dtype == t.dtype and torch.allclose(g, t.grad, atol=1e-5)
+    with torch.no_grad():  # what the rollout computes: the same bits, and the entropy
+        again, entropy = linear_logprobs(hidden, weight, bias, labels, temperature, with_entropy=True)
+    assert torch.equal(again, got.detach())
+    assert torch.allclose(entropy, entropy_from_logits(F.linear(hidden, weight, bias).detach(), temperature), atol=1e-6)
+
+
+def test_linear_logprobs_under_bf16_autocast_equal_the_autocast_logits_path():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(2, 6, 16, requires_grad=True), torch.randn(40, 16) * 0.3
+    labels = torch.randint(0, 40, (2, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = linear_logprobs(hidden, weight, None, labels)
+        expected = logprobs_from_logits(F.linear(hidden, weight), labels)
+    assert torch.equal(got, expected)  # the same bf16 matmul, the same float32 softmax
+    got.sum().backward()
+    grad, hidden.grad = hidden.grad.clone(), None
+    expected.sum().backward()
+    assert grad.dtype == torch.float32 and torch.allclose(grad, hidden.grad, rtol=1e-2, atol=1e-2)
+
+
+def test_linear_logprobs_refuse_bad_calls():
+    hidden, weight, labels = torch.randn(1, 2, 4, requires_grad=True), torch.randn(5, 4), torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        linear_logprobs(hidden, weight, None, labels, temperature=0.0)
+    with pytest.raises(ValueError, match="with_entropy needs no grad"):
+        linear_logprobs(hidden, weight, None, labels, with_entropy=True)

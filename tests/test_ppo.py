@@ -96,9 +96,11 @@ def test_gradient_accumulation_matches_one_minibatch():
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), n
 
 
-@pytest.mark.parametrize("model,lora", [("tiny-gpt2", True), ("tiny-t5", False)])
+@pytest.mark.parametrize("model,lora", [("tiny-gpt2", True), ("tiny-gpt2", False), ("tiny-t5", False)])
 def test_activation_checkpointing_recomputes_layers_and_gives_the_same_update(model, lora):
+    """Also the LM head: log-probs from the hidden state (`linear_logprobs`), the tied embedding's gradient included."""
     plain, ckpt = make(model, lora, ppo_epochs=1), make(model, lora, ppo_epochs=1, gradient_checkpointing=True)
+    assert ckpt.unwrapped.chunked_head and not plain.unwrapped.chunked_head
     layers = ckpt._checkpointed
     assert layers and all(layer.training for layer in layers)
     assert not any(m.training for layer in layers for m in layer.modules() if m is not layer)  # dropout stays off
@@ -113,6 +115,28 @@ def test_activation_checkpointing_recomputes_layers_and_gives_the_same_update(mo
     assert stats_ckpt["objective/kl"] == stats_plain["objective/kl"]
     for (n, p), (_, q) in zip(plain.unwrapped.named_parameters(), ckpt.unwrapped.named_parameters()):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), n
+
+
+def test_chunked_head_keeps_the_first_ratio_exactly_one_in_bf16():
+    trainer = make(lora=True, mixed_precision="bf16", gradient_checkpointing=True)
+    assert trainer.unwrapped.chunked_head
+    trainer.step(*rollout(trainer))
+    assert trainer.minibatch_stats[0]["ratio_max_dev"] == 0.0
+
+
+def test_chunked_head_only_where_the_logits_are_the_heads_own_output():
+    """A model that rescales its logits after the head (as Gemma 2's softcapping does) keeps the logits path."""
+    from rlhfkit.rollout import make_batch
+    from rlhfkit.value_head import ModelWithValueHead
+
+    model = ModelWithValueHead(load_policy("tiny-gpt2", verbose=False).model)
+    probe = make_batch([[0, 1, 2]], [[1, 0]], 0, seq2seq=False)
+    assert model.head_is_last_op(**probe.inputs, logits_to_keep=probe.width)
+    model.pretrained_model.register_forward_hook(lambda module, args, out: out.__setitem__("logits", out.logits * 0.5))
+    assert not model.head_is_last_op(**probe.inputs, logits_to_keep=probe.width)
+    hidden, _ = model(**probe.inputs, logits_to_keep=probe.width, with_logits=False)  # the head's input, not logits
+    assert hidden.shape == (1, 2, model.config.n_embd)
+    assert "forward" not in model.lm_head().__dict__  # the head's own forward is back
 
 
 @pytest.mark.slow
