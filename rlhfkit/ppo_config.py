@@ -31,9 +31,10 @@ class PPOConfig:
     gradient_accumulation_steps: int = option(1, "micro-batches per mini-batch (memory only; same maths)")
     ppo_epochs: int = option(4, "optimisation passes over each batch")
     max_grad_norm: float | None = option(1.0, "clip the gradient norm (None = off)")
-    gradient_checkpointing: bool = option(False, "recompute layer activations in the backward pass: far less memory, "
-                                                 "about one more forward pass of compute per micro-batch (with "
-                                                 "compile: the compiler's own, fused recomputation)")
+    gradient_checkpointing: bool = option(False, "recompute layer activations (and the response logits) in the "
+                                                 "backward pass: far less memory, about one more forward pass of "
+                                                 "compute per micro-batch (with compile: the compiler's own, fused "
+                                                 "recomputation)")
     compile: bool = option(False, "torch.compile the transformer layers for the training passes (sampling and "
                                   "rollout stay eager): LoRA bf16 passes a fifth faster on CPU after a one-off compile")
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no", "accelerate mixed precision (bf16 works on CPU)")
