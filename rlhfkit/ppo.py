@@ -123,7 +123,7 @@ class PPOTrainer:
             start = decoder_start_id(model.pretrained_model) if self.seq2seq else None
             probe = make_batch([[0, 1]], [[1, 0]], tokenizer.pad_token_id, self.seq2seq, start, self.accelerator.device)
             with self.accelerator.autocast():
-                model.chunked_head = model.head_is_last_op(**probe.inputs, logits_to_keep=probe.width)
+                model.chunked_head = model.head_is_last_op(**probe.inputs)
         self.scheduler = None
         if config.lr_schedule == "linear":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
