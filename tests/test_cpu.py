@@ -40,3 +40,50 @@ def test_store_frozen_in_bf16_halves_frozen_weights_and_keeps_outputs():
     # what autocast computed anyway, up to the bf16 rounding of the (float32) embedding lookups
     assert torch.allclose(_logits(model, ids, autocast=True), before, atol=0.02)
     assert torch.allclose(_logits(model, ids, autocast=False), exact, atol=0.05)  # still runs without autocast
+
+
+def _tiny_llama(kv_heads=2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=kv_heads, attn_implementation="sdpa")
+    return LlamaForCausalLM(config).eval()
+
+
+def test_grouped_attention_is_eager_attention_bit_for_bit():
+    """Logits and sampled tokens (growing and static KV cache) equal transformers' eager attention bit for bit."""
+    model = _tiny_llama()
+    assert cpu.eager_attention(model) and model.config._attn_implementation == cpu.GROUPED
+    ids = torch.randint(3, 96, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    results = {}
+    for impl in (cpu.GROUPED, "eager"):
+        model.set_attn_implementation(impl)
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        model.zero_grad()
+        fp32 = model(input_ids=ids, attention_mask=mask).logits
+        fp32.square().mean().backward()
+        tokens = []
+        for cache in ("dynamic", "static"):
+            torch.manual_seed(1)
+            tokens.append(model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=True,
+                                         pad_token_id=0, cache_implementation=cache, disable_compile=True))
+        results[impl] = (logits, fp32, [p.grad.clone() for p in model.parameters()], tokens)
+    grouped, eager = results[cpu.GROUPED], results["eager"]
+    assert torch.equal(grouped[0], eager[0]) and torch.equal(grouped[1], eager[1])
+    # key/value gradients sum over a group inside one matmul instead of after it: equal up to rounding
+    assert all(torch.allclose(g, e, rtol=1e-5, atol=1e-8) for g, e in zip(grouped[2], eager[2]))
+    assert all(torch.equal(g, e) for g, e in zip(grouped[3], eager[3]))
+
+
+def test_grouped_attention_only_for_grouped_llama_style_attention():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    full_heads = _tiny_llama(kv_heads=4)  # no groups: nothing to save
+    assert cpu.eager_attention(full_heads) and full_heads.config._attn_implementation == "eager"
+    gemma2 = Gemma2ForCausalLM(Gemma2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=4, num_key_value_heads=2, head_dim=8))
+    assert not cpu._groups_like_llama(gemma2)  # its eager attention soft-caps the scores
