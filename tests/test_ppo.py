@@ -117,8 +117,9 @@ def test_activation_checkpointing_recomputes_layers_and_gives_the_same_update(mo
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), n
 
 
-def test_chunked_head_keeps_the_first_ratio_exactly_one_in_bf16():
-    trainer = make(lora=True, mixed_precision="bf16", gradient_checkpointing=True)
+@pytest.mark.parametrize("lora", [True, False])
+def test_chunked_head_keeps_the_first_ratio_exactly_one_in_bf16(lora):
+    trainer = make(lora=lora, mixed_precision="bf16", gradient_checkpointing=True)
     assert trainer.unwrapped.chunked_head
     trainer.step(*rollout(trainer))
     assert trainer.minibatch_stats[0]["ratio_max_dev"] == 0.0
