@@ -105,9 +105,8 @@ def _register_grouped() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-    if GROUPED not in AttentionInterface._global_mapping:
-        AttentionInterface.register(GROUPED, grouped_attention)
-        AttentionMaskInterface.register(GROUPED, eager_mask)  # the additive float mask eager attention reads
+    AttentionInterface.register(GROUPED, grouped_attention)  # a dict update: registering again is a no-op
+    AttentionMaskInterface.register(GROUPED, eager_mask)  # the additive float mask eager attention reads
 
 
 def _groups_like_llama(base: nn.Module) -> bool:

@@ -71,7 +71,7 @@ class ModelWithValueHead(nn.Module):
         self.is_peft_model = is_peft_model(pretrained_model)
         self.v_head = v_head if v_head is not None else ValueHead(hidden_size(config))
         self._hidden: torch.Tensor | None = None
-        head = pretrained_model.get_output_embeddings()
+        head = self.lm_head()
         if head is None:
             raise ValueError(f"{type(pretrained_model).__name__} has no LM head; PPO needs a language model")
         head.register_forward_pre_hook(self._capture)
