@@ -52,7 +52,9 @@ def main(spec_path: str) -> None:
     # With LoRA in bf16 the frozen base is only ever read in bf16: load it so (the trainer keeps
     # norms, adapters and value head in float32), as PPOTrainer does when it loads by name.
     dtype = "bfloat16" if spec["lora"] and spec["precision"] == "bf16" else "float32"
-    policy = load_policy(spec["policy"], lora=lora, dtype=dtype, verbose=False)
+    # The trainer and the reward share the reward model's tokenizer (its pad token, see build_reward_model):
+    # keep only the policy's model, not the second copy of the tokenizer that load_policy returns with it.
+    model = load_policy(spec["policy"], lora=lora, dtype=dtype, verbose=False).model
     reward = ClassifierReward(spec["reward_model"], tokenizer=tokenizer, pair_input=True, batch_size=B)
     queries = spec["queries"]
     texts = tokenizer.batch_decode(queries)
@@ -68,7 +70,7 @@ def main(spec_path: str) -> None:
         static_cache=spec.get("static_cache", False),
         seed=spec["seed"], log_every=0, samples_per_step=0, max_prompt_tokens=None,
     )
-    trainer = PPOTrainer(config, policy.model, tokenizer=tokenizer, dataset=dataset)
+    trainer = PPOTrainer(config, model, tokenizer=tokenizer, dataset=dataset)
     loaded = common.rss_bytes()
 
     steps: list[float] = []
@@ -95,10 +97,10 @@ def main(spec_path: str) -> None:
         "step_seconds": steps[spec["warmup"]:], "warmup_seconds": steps[: spec["warmup"]],
         "median_step_s": step_median, "phases_median_s": phases,
         "peak_rss_bytes": common.peak_rss_bytes(), "baseline_rss_bytes": baseline, "loaded_rss_bytes": loaded,
-        "policy_weights_bytes": common.weights_bytes(policy.model),
+        "policy_weights_bytes": common.weights_bytes(model),
         "reward_weights_bytes": common.weights_bytes(reward.model),
         "reference_copy": ref is not None,
-        "policy_dims": common.dims_dict(common.count_dims(policy.model)),
+        "policy_dims": common.dims_dict(common.count_dims(model)),
         "reward_dims": common.dims_dict(common.count_dims(reward.model)),
         "query_len": common.median([h.get("tokens/queries_len_mean", 0.0) for h in timed]) or len(queries[0]),
         "response_len": common.median([h.get("tokens/responses_len_mean", 0.0) for h in timed]) or spec["max_new_tokens"],

@@ -20,3 +20,19 @@ def write_jsonl(tmp_path):
         return path
 
     return _write
+
+
+@pytest.fixture
+def tiny_llama():
+    """Factory of a seeded two-layer Llama (grouped-query attention unless kv_heads=4), in eval mode."""
+
+    def _make(kv_heads=2):
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=kv_heads, attn_implementation="sdpa")
+        return LlamaForCausalLM(config).eval()
+
+    return _make

@@ -42,18 +42,9 @@ def test_store_frozen_in_bf16_halves_frozen_weights_and_keeps_outputs():
     assert torch.allclose(_logits(model, ids, autocast=False), exact, atol=0.05)  # still runs without autocast
 
 
-def _tiny_llama(kv_heads=2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=kv_heads, attn_implementation="sdpa")
-    return LlamaForCausalLM(config).eval()
-
-
-def test_grouped_attention_is_eager_attention_bit_for_bit():
+def test_grouped_attention_is_eager_attention_bit_for_bit(tiny_llama):
     """Logits and sampled tokens (growing and static KV cache) equal transformers' eager attention bit for bit."""
-    model = _tiny_llama()
+    model = tiny_llama()
     assert cpu.eager_attention(model) and model.config._attn_implementation == cpu.GROUPED
     ids = torch.randint(3, 96, (3, 10))
     mask = torch.ones_like(ids)
@@ -79,10 +70,10 @@ def test_grouped_attention_is_eager_attention_bit_for_bit():
     assert all(torch.equal(g, e) for g, e in zip(grouped[3], eager[3]))
 
 
-def test_grouped_attention_only_for_grouped_llama_style_attention():
+def test_grouped_attention_only_for_grouped_llama_style_attention(tiny_llama):
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    full_heads = _tiny_llama(kv_heads=4)  # no groups: nothing to save
+    full_heads = tiny_llama(kv_heads=4)  # no groups: nothing to save
     assert cpu.eager_attention(full_heads) and full_heads.config._attn_implementation == "eager"
     gemma2 = Gemma2ForCausalLM(Gemma2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                             num_attention_heads=4, num_key_value_heads=2, head_dim=8))
