@@ -95,11 +95,16 @@ def masked_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, 
 _ROWS = 32
 
 
+def _over_temperature(rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    """rows / T in float32 as one new tensor (`rows.float() / T` makes two when rows are bf16)."""
+    return rows.to(torch.float32, copy=True).div_(temperature)
+
+
 def _label_logprobs(flat: torch.Tensor, labels: torch.Tensor, temperature: float):
     """flat [N, V] logits, labels [N] -> (log p(label) [N], logsumexp [N]) of logits / T, in float32."""
     lse = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
     for i in range(0, flat.shape[0], _ROWS):
-        lse[i:i + _ROWS] = torch.logsumexp(flat[i:i + _ROWS].float() / temperature, dim=-1)
+        lse[i:i + _ROWS] = torch.logsumexp(_over_temperature(flat[i:i + _ROWS], temperature), dim=-1)
     picked = flat.gather(-1, labels[:, None]).squeeze(-1).float() / temperature
     return picked - lse, lse
 
@@ -111,7 +116,7 @@ def _label_logprob_grad(out, flat, labels, lse, g, temperature):
     """
     g = g[:, None].float() / temperature
     for i in range(0, flat.shape[0], _ROWS):
-        p = (flat[i:i + _ROWS].float() / temperature).sub_(lse[i:i + _ROWS, None]).exp_()  # softmax rows
+        p = _over_temperature(flat[i:i + _ROWS], temperature).sub_(lse[i:i + _ROWS, None]).exp_()  # softmax rows
         out[i:i + _ROWS] = p.mul_(-g[i:i + _ROWS]).scatter_add_(-1, labels[i:i + _ROWS, None], g[i:i + _ROWS])
     return out
 
@@ -252,7 +257,7 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     flat = logits.reshape(-1, logits.shape[-1])
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
     for i in range(0, flat.shape[0], _ROWS):
-        logp = torch.log_softmax(flat[i:i + _ROWS].float() / temperature, dim=-1)
+        logp = torch.log_softmax(_over_temperature(flat[i:i + _ROWS], temperature), dim=-1)
         out[i:i + _ROWS] = -(logp.exp() * logp).sum(-1)
     return out.view(logits.shape[:-1])
 

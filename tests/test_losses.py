@@ -172,10 +172,12 @@ def test_fused_logprobs_match_autograd_through_log_softmax(dtype, temperature):
     """The chunked forward and hand-written backward equal plain autograd (more rows than one chunk)."""
     torch.manual_seed(0)
     x = (torch.randn(3, 50, 300) * 3).to(dtype).requires_grad_()
+    given = x.detach().clone()
     labels = torch.randint(0, 300, (3, 50))
     weights = torch.randn(3, 50)
     fused = logprobs_from_logits(x, labels, temperature)
     (fused * weights).sum().backward()
+    assert torch.equal(x.detach(), given)  # the float32 maths runs on copies, never in the logits
     fused_grad, x.grad = x.grad.clone(), None
     z = x.float() / temperature
     plain = torch.gather(torch.log_softmax(z, -1), -1, labels.unsqueeze(-1)).squeeze(-1)
@@ -184,6 +186,7 @@ def test_fused_logprobs_match_autograd_through_log_softmax(dtype, temperature):
     assert torch.allclose(fused, plain, atol=1e-5)
     assert torch.allclose(fused_grad.float(), x.grad.float(), atol=1e-5 if dtype == torch.float32 else 1e-2)
     entropy = entropy_from_logits(x, temperature)
+    assert torch.equal(x.detach(), given)
     logp = torch.log_softmax(x.detach().float() / temperature, -1)
     assert torch.allclose(entropy, -(logp.exp() * logp).sum(-1), atol=1e-4)
 
