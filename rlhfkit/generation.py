@@ -149,13 +149,14 @@ def _autocast_kv_cache(model, extra: dict, max_cache_len: int) -> dict:
     static cache; otherwise `extra` comes back as given.
     """
     base = unwrap_peft(model)
+    if (not torch.is_autocast_enabled(next(base.parameters()).device.type) or _is_seq2seq(base)
+            or "cache" in extra or "past_key_values" in extra):
+        return extra
     implementation = extra.get("cache_implementation",
                                getattr(getattr(base, "generation_config", None), "cache_implementation", None))
     params = inspect.signature(base.forward).parameters
     name = next((n for n in ("cache", "past_key_values") if n in params), None)  # renamed within transformers 5
-    device = next(base.parameters()).device.type
-    if (not torch.is_autocast_enabled(device) or _is_seq2seq(base) or name is None
-            or implementation not in (None, "dynamic", "static") or "cache" in extra or "past_key_values" in extra):
+    if name is None or implementation not in (None, "dynamic", "static"):
         return extra
     dynamic, static = _keys_as_values_caches()
     config = base.config.get_text_config(decoder=True)
