@@ -12,7 +12,6 @@ stage and everything after it.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -20,17 +19,18 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
-from rlhfkit.config import add_config_command, option, save_yaml
+from rlhfkit.config import option, renamed, save_yaml
 from rlhfkit.errors import UserError
 
 STAGES = ("generate", "label", "reward", "ppo", "eval", "report")
 ASSETS = Path(__file__).parent / "assets"
 
 
+@renamed(out="output_dir")
 @dataclass
 class DemoConfig:
     preset: Literal["default", "quick"] = option("default", "default: smollm2-135m + minilm-l6 (~20 min on 2 cores); quick: tiny models (< 2 min)")
-    out: str = option("runs/demo", "run folder: one sub-folder per stage, report.html at the top")
+    output_dir: str = option("runs/demo", "run folder: one sub-folder per stage, report.html at the top")
     from_stage: Literal["generate", "label", "reward", "ppo", "eval", "report"] | None = option(
         None, "redo this stage and every later one (default: reuse finished stages)")
     feedback: str | None = option(None, "human rankings exported by `rlhfkit label export --format rankings`; replaces generate+label")
@@ -122,7 +122,7 @@ def run_demo(config: DemoConfig) -> dict:
     from rlhfkit.data import load_prompts
 
     config = resolve_preset(config)
-    root = Path(config.out)
+    root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     save_yaml(config, root / "config.yaml")
     stages = Stages(root, config.from_stage)
@@ -150,7 +150,7 @@ def run_demo(config: DemoConfig) -> dict:
                lambda f: _evaluate(f, stages, config, heldout))
     stages.run("report", {}, ("eval",), lambda f: _report(f, stages, config))
     result = json.loads((stages.folder("eval") / "eval.json").read_text())
-    from rlhfkit.summary import format_summary
+    from rlhfkit.evaluation.summary import format_summary
 
     print(format_summary(result))
     print("rlhfkit demo: stage times: " + ", ".join(f"{s} {t:.0f}s" for s, t in stages.timings.items()))
@@ -172,7 +172,7 @@ def _use_feedback(stages: Stages, config: DemoConfig) -> Path:
 
 def _generate(folder: Path, config: DemoConfig, prompts) -> None:
     from rlhfkit.data import prompt_to_json, write_jsonl
-    from rlhfkit.generation import GenerationSettings, generate_completions
+    from rlhfkit.models.generation import GenerationSettings, generate_completions
     from rlhfkit.models import load_policy
 
     policy = load_policy(config.policy)
@@ -196,17 +196,17 @@ def _label(folder: Path, stages: Stages, config: DemoConfig) -> None:
 
 
 def _reward(folder: Path, config: DemoConfig, rankings: Path) -> None:
-    from rlhfkit.reward_model import RewardConfig, train_reward_model
+    from rlhfkit.methods.reward import RewardConfig, train_reward_model
 
     result = train_reward_model(RewardConfig(
-        backbone=config.reward_backbone, data=str(rankings), out=str(folder / "model"), epochs=config.reward_epochs, lr=config.reward_lr,
-        seed=config.seed, mixed_precision="no",
+        model=config.reward_backbone, data=str(rankings), output_dir=str(folder / "model"), epochs=config.reward_epochs,
+        learning_rate=config.reward_lr, seed=config.seed, mixed_precision="no",
     ))
     (folder / "reward_result.json").write_text(json.dumps(result, indent=1, default=str))
 
 
 def _ppo(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None:
-    from rlhfkit.ppo import PPOConfig, PPOTrainer
+    from rlhfkit.methods.ppo import PPOConfig, PPOTrainer
     from rlhfkit.rewards import get_reward
 
     ppo_config = PPOConfig(
@@ -222,7 +222,7 @@ def _ppo(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None:
 def _evaluate(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None:
     """Held-out prompts, before (adapters off) vs after (adapters on): the same network, no second copy."""
     from rlhfkit.evaluation import WithoutAdapters, evaluate, save_json
-    from rlhfkit.generation import GenerationSettings
+    from rlhfkit.models.generation import GenerationSettings
     from rlhfkit.models import load_policy
 
     tuned = stages.folder("ppo") / "model"
@@ -236,8 +236,8 @@ def _evaluate(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None
 
 
 def _report(folder: Path, stages: Stages, config: DemoConfig) -> None:
-    from rlhfkit.summary import format_summary
-    from rlhfkit.report import write_report
+    from rlhfkit.evaluation.summary import format_summary
+    from rlhfkit.evaluation.report import write_report
 
     result = json.loads((stages.folder("eval") / "eval.json").read_text())
     reward = json.loads((stages.folder("reward") / "reward_result.json").read_text())
@@ -254,10 +254,3 @@ def _report(folder: Path, stages: Stages, config: DemoConfig) -> None:
 def _reward_summary(result: dict) -> list[dict]:
     return [{"epoch": i + 1, **{k: v for k, v in e.items() if isinstance(v, (int, float))}}
             for i, e in enumerate(result.get("eval") or [])]
-
-
-def add_command(subparsers) -> None:
-    parser = add_config_command(subparsers, "demo", "the whole pipeline on the embedded default, offline", DemoConfig,
-                                run_demo, skip=("from_stage",))
-    parser.add_argument("--from", dest="from_stage", choices=STAGES, default=argparse.SUPPRESS,
-                        help="redo this stage and every later one (default: reuse finished stages)")

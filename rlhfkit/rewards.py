@@ -221,7 +221,7 @@ def encode_for_classifier(tokenizer, prompts: list[str], completions: list[str],
 
 def collate_features(features: list[dict[str, list[int]]], pad_id: int, device=None) -> dict:
     """Right-padded tensors for a classifier forward: input_ids, attention_mask (+ token_type_ids)."""
-    from rlhfkit.generation import pad
+    from rlhfkit.models.generation import pad
 
     ids, mask = pad([f["input_ids"] for f in features], pad_id, device=device)
     batch = {"input_ids": ids, "attention_mask": mask}

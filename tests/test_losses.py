@@ -6,8 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhfkit import losses
-
 from rlhfkit.losses import (
     AdaptiveKLController, FixedKLController, RunningMoments, entropy_from_logits, gae, kl_estimate,
     linear_logprobs, logprobs_from_logits, masked_gae, masked_mean, masked_var, masked_whiten, policy_loss, value_loss,
@@ -119,8 +117,10 @@ def test_kl_estimators_hand_worked_and_unbiased():
     lp, ref = torch.log(torch.tensor([0.5, 0.25])), torch.log(torch.tensor([0.25, 0.5]))
     assert torch.allclose(kl_estimate(lp, ref, "k1"), torch.tensor([math.log(2), -math.log(2)]))
     assert torch.allclose(kl_estimate(lp, ref, "k3"), torch.tensor([-0.5 + math.log(2), 1 - math.log(2)]))
-    with pytest.raises(ValueError):
-        kl_estimate(lp, ref, "k2")
+    # k2 = (ln 2)^2 / 2 for both (the log-ratio is squared)
+    assert torch.allclose(kl_estimate(lp, ref, "k2"), torch.tensor([math.log(2) ** 2 / 2] * 2))
+    with pytest.raises(ValueError, match="unknown KL estimator 'k4'"):
+        kl_estimate(lp, ref, "k4")
     # both are unbiased estimates of KL(p || q) when tokens are sampled from p
     p, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.3, 0.3, 0.4])
     true_kl = (p * (p / q).log()).sum()
@@ -207,7 +207,9 @@ def test_linear_logprobs_hand_worked():
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_linear_logprobs_match_the_logits_path_in_value_and_gradient(monkeypatch, temperature):
     """Four row chunks (3 + 3 + 3 + 1 rows) against autograd through the full logits, for hidden, weight and bias."""
-    monkeypatch.setattr(losses, "_head_rows", lambda vocab: 3)
+    from rlhfkit.ops import logprobs
+
+    monkeypatch.setattr(logprobs, "_head_rows", lambda vocab: 3)
     torch.manual_seed(0)
     hidden = torch.randn(2, 5, 8, requires_grad=True)
     weight, bias = torch.randn(11, 8, requires_grad=True), torch.randn(11, requires_grad=True)

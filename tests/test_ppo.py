@@ -71,15 +71,15 @@ def test_bf16_first_kl_is_exactly_zero_on_smollm2():
 
 
 def test_zero_advantages_leave_the_policy_unchanged(monkeypatch):
-    trainer = make(vf_coef=0.0)
-    original = trainer._advantages
+    from rlhfkit.objectives.advantages import ADVANTAGE_ESTIMATORS, gae_advantages
 
-    def zero_advantages(data, scores):
-        out = original(data, scores)
-        out["advantages"] = torch.zeros_like(out["advantages"])
-        return out
+    def zero_advantages(inputs):
+        advantages, returns = gae_advantages(inputs)
+        return torch.zeros_like(advantages), returns
 
-    monkeypatch.setattr(trainer, "_advantages", zero_advantages)
+    zero_advantages.critic = True
+    monkeypatch.setitem(ADVANTAGE_ESTIMATORS, "zero", zero_advantages)
+    trainer = make(vf_coef=0.0, advantage_estimator="zero")
     before = {n: p.detach().clone() for n, p in trainer.unwrapped.pretrained_model.named_parameters()}
     trainer.step(*rollout(trainer))
     after = dict(trainer.unwrapped.pretrained_model.named_parameters())
@@ -312,12 +312,18 @@ def test_stats_names_and_k3():
 
 
 def test_scores_eos_penalty_clip_and_normalisation():
+    from rlhfkit.training.experience import process_scores
+
+    def processed(trainer, scores, responses):
+        return process_scores(scores, responses, trainer.config, trainer.tokenizer.eos_token_id, trainer.score_stats,
+                              trainer.runtime)
+
     trainer = make(missing_eos_penalty=1.0, score_clip=0.5)
     eos = trainer.tokenizer.eos_token_id
-    scores = trainer._process_scores(torch.tensor([0.2, 0.2, 3.0]), [[5, eos], [5, 6], [eos]])
+    scores = processed(trainer, torch.tensor([0.2, 0.2, 3.0]), [[5, eos], [5, 6], [eos]])
     assert torch.allclose(scores, torch.tensor([0.2, -0.5, 0.5]))
     trainer = make(normalize_scores=True)
-    scores = trainer._process_scores(torch.tensor([1.0, 2.0, 3.0]), [[1]] * 3)
+    scores = processed(trainer, torch.tensor([1.0, 2.0, 3.0]), [[1]] * 3)
     assert torch.allclose(scores, torch.tensor([-1.0, 0.0, 1.0]) / math.sqrt(2 / 3), atol=1e-5)
 
 

@@ -26,9 +26,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from rlhfkit import ppo as _ppo
-from rlhfkit.generation import pad, strip_response
-from rlhfkit.value_head import ModelWithValueHead, create_reference_model as _copy_frozen
+from rlhfkit.methods import ppo as _ppo
+from rlhfkit.models.generation import pad, strip_response
+from rlhfkit.models.reference import frozen_copy as _copy_frozen
+from rlhfkit.models.value_head import ModelWithValueHead
 
 __all__ = [
     "PPOConfig", "PPOTrainer", "AutoModelForCausalLMWithValueHead", "AutoModelForSeq2SeqLMWithValueHead",
@@ -249,7 +250,7 @@ class PPOTrainer:
     def _response_ids(self, response: torch.Tensor) -> list[int]:
         ids = response.reshape(-1).tolist()
         if self.is_encoder_decoder:
-            from rlhfkit.rollout import decoder_start_id
+            from rlhfkit.models.forward import decoder_start_id
 
             if ids and ids[0] == decoder_start_id(self.trainer.unwrapped.pretrained_model):
                 ids = ids[1:]  # generate() output starts with the decoder start token

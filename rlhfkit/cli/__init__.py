@@ -1,4 +1,4 @@
-"""`rlhfkit <command>`: each command module registers its own subcommand.
+"""`rlhfkit <command>`: one module per command in this package, each registering its own subcommand.
 
 A module's `add_command(subparsers)` adds one parser and sets `func` to a
 function taking the parsed args and returning an exit code. Errors meant for
@@ -16,13 +16,13 @@ from rlhfkit.errors import UserError
 
 # Modules that register a top-level command, in the order `--help` lists them.
 COMMAND_MODULES = [
-    "rlhfkit.generation_cli",
-    "rlhfkit.sft",
-    "rlhfkit.reward_model",
-    "rlhfkit.labeling",
-    "rlhfkit.ppo_cli",
-    "rlhfkit.evaluation_cli",
-    "rlhfkit.demo",
+    "rlhfkit.cli.generate",
+    "rlhfkit.cli.sft",
+    "rlhfkit.cli.reward",
+    "rlhfkit.cli.label",
+    "rlhfkit.cli.ppo",
+    "rlhfkit.cli.eval",
+    "rlhfkit.cli.demo",
 ]
 
 
@@ -76,7 +76,3 @@ def entry_point() -> int:
 
     reexec_with_tuned_malloc()
     return main()
-
-
-if __name__ == "__main__":
-    sys.exit(entry_point())

@@ -1,0 +1,85 @@
+"""What an online step reports and guards: statistics under the familiar names, warnings once each.
+
+Names follow the classic PPO dashboards (`objective/kl`, `env/reward_mean`,
+`ppo/policy/clipfrac`, `ppo/loss/value`, ...), so they carry over from other libraries.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from rlhfkit.ops.masked import masked_mean, masked_var
+
+
+def step_stats(trainer, data: dict, scores, raw_scores, queries, responses, train: dict) -> dict:
+    """The step's statistics, averaged over processes."""
+    mask = data["mask"]
+    local = {}
+    if "kl" in data:
+        local["objective/kl"] = data["kl"].sum(1).mean()
+    local.update({
+        "objective/entropy": (-data["logprobs"] * mask).sum(1).mean(),
+        "objective/scores": scores.mean(),
+        "ppo/mean_non_score_reward": data["non_score"].sum(1).mean(),
+        "ppo/mean_scores": scores.mean(),
+        "ppo/std_scores": scores.std() if len(scores) > 1 else torch.tensor(0.0),
+        "ppo/policy/entropy": masked_mean(data["entropy"], mask),
+        "ppo/policy/advantages_mean": masked_mean(data["advantages"], mask),
+    })
+    if trainer.critic:
+        local.update({"ppo/returns/mean": masked_mean(data["returns"], mask),
+                      "ppo/returns/var": masked_var(data["returns"], mask),
+                      "ppo/val/mean": masked_mean(data["values"], mask),
+                      "ppo/val/var": masked_var(data["values"], mask)})
+    local.update({
+        "env/reward_mean": raw_scores.mean(),
+        "env/reward_std": raw_scores.std() if len(raw_scores) > 1 else torch.tensor(0.0),
+        "env/hit_length_limit": torch.tensor(np.mean([hit_limit(trainer, r) for r in responses])),
+        "tokens/queries_len_mean": torch.tensor(float(np.mean([len(q) for q in queries]))),
+        "tokens/responses_len_mean": mask.sum(1).mean(),
+    })
+    local.update({f"ppo/{k}": torch.tensor(v) for k, v in train.items() if k != "ratio_max_dev"})
+    names = list(local)
+    values = torch.stack([local[k].float().to(trainer.runtime.device) for k in names])
+    if trainer.runtime.num_processes > 1:
+        values = trainer.runtime.reduce(values, "mean")
+    stats = {k: float(v) for k, v in zip(names, values.tolist())}
+    stats["objective/kl_coef"] = float(trainer.kl_ctl.value)
+    stats["ppo/learning_rate"] = float(trainer.optimizer.param_groups[0]["lr"])
+    stats["ppo/skipped_steps"] = float(trainer.skipped_steps)
+    return stats
+
+
+def hit_limit(trainer, response: list[int]) -> bool:
+    return len(response) >= trainer.config.max_new_tokens and response[-1] != trainer.tokenizer.eos_token_id
+
+
+def warn_once(trainer, key: str, message: str) -> None:
+    if key not in trainer.warned:
+        trainer.warned.add(key)
+        warnings.warn(message)
+
+
+def check(trainer, stats: dict) -> None:
+    """Warn (once each) when the KL is negative, completions hit the length limit, or KL runs away."""
+    kl = stats.get("objective/kl")
+    if kl is not None and kl < -1.0:
+        warn_once(trainer, "negative_kl", f"mean KL is negative ({kl:.2f}): sampling settings probably differ "
+                                          "from the log-prob computation (top_k/top_p/temperature); sample with "
+                                          "top_k=0, top_p=1")
+    if stats["env/hit_length_limit"] > 0.9:
+        warn_once(trainer, "length", f"{100 * stats['env/hit_length_limit']:.0f}% of completions hit max_new_tokens "
+                                     "without EOS; raise max_new_tokens or set missing_eos_penalty")
+    if kl is None:
+        return
+    trainer.trend.append({"objective/kl": kl, "env/reward_mean": stats["env/reward_mean"]})
+    if len(trainer.trend) >= 20:
+        old, new = trainer.trend[-20:-10], trainer.trend[-10:]
+        kl_old, kl_new = (np.mean([h["objective/kl"] for h in w]) for w in (old, new))
+        r_old, r_new = (np.mean([h["env/reward_mean"] for h in w]) for w in (old, new))
+        if kl_new > max(2 * kl_old, 2 * trainer.config.kl_target, 10.0) and r_new > r_old:
+            warn_once(trainer, "runaway", f"KL is running away ({kl_old:.1f} -> {kl_new:.1f} nats) while reward "
+                                          "rises: likely reward hacking; raise init_kl_coef or lower learning_rate")

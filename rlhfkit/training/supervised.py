@@ -1,0 +1,191 @@
+"""The supervised loop: epochs of optimisation steps over a fixed, seeded plan of batches.
+
+Every supervised method (SFT, the reward model; DPO, KTO and distillation later) is a
+`SupervisedTask`: how many units (tokens, pairs) a set of examples holds, and the
+summed loss of a set of examples. The loop does the rest on accelerate: device
+placement and mixed precision, AdamW with linear warm-up and decay, gradient
+accumulation (each step's batch split into micro-batches whose summed losses are
+divided by the whole batch's units, so the gradient is the batch's), data sharded
+across processes (DDP averages the gradients), clipping, a non-finite-loss stop,
+progress bars, metrics.jsonl, checkpoints every `save_every` steps and exact resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from rlhfkit.errors import UserError
+from rlhfkit.training.checkpoint import STATE_FILE, find_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.training.runtime import Runtime, linear_schedule, make_optimizer
+
+
+class SupervisedTask(Protocol):
+    def units(self, indices: list[int]) -> int:
+        """How many units (label tokens, pairs) the examples hold: the loss is a mean over units."""
+
+    def loss(self, model, indices: list[int]) -> tuple[torch.Tensor, dict]:
+        """The summed loss over the examples' units, and stats to log (sums over units, e.g. correct pairs)."""
+
+
+@dataclass
+class LoopSettings:
+    learning_rate: float
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"
+    log_every: int = 10
+    save_every: int = 0
+    seed: int = 0
+
+
+class SupervisedLoop:
+    """Trains `model` on a task over `plan` (epochs -> batches -> example indices); see the module docstring."""
+
+    def __init__(self, model, settings: LoopSettings, plan: list[list[list[int]]], output_dir: str | Path,
+                 config=None, runtime: Runtime | None = None):
+        if settings.gradient_accumulation_steps < 1:
+            raise UserError("gradient_accumulation_steps must be at least 1")
+        self.settings, self.plan, self.config = settings, plan, config
+        self.output_dir = Path(output_dir)
+        self.runtime = runtime or Runtime(settings.mixed_precision)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(params, settings.learning_rate, settings.weight_decay)
+        self.model, self.optimizer = self.runtime.prepare_model_and_optimizer(model, optimizer)
+        self.total_steps = sum(len(epoch) for epoch in plan)
+        self.scheduler = linear_schedule(self.optimizer, self.total_steps, int(settings.warmup_ratio * self.total_steps))
+        self.step, self.history = 0, []
+        self.steps: list[dict] = []  # every step's stats
+
+    @property
+    def unwrapped(self):
+        return self.runtime.unwrap_model(self.model)
+
+    # ------------------------------------------------------------ one optimisation step
+
+    def _shard(self, indices: list[int]) -> list[int]:
+        return indices[self.runtime.process_index::self.runtime.num_processes]
+
+    def train_step(self, task: SupervisedTask, indices: list[int]) -> dict:
+        """One optimisation step on a batch: this process's share in micro-batches, one optimizer step."""
+        rt, acc = self.runtime, self.settings.gradient_accumulation_steps
+        mine = self._shard(indices)
+        size = max(1, math.ceil(len(mine) / acc))
+        micro = [mine[i:i + size] for i in range(0, len(mine), size)] or [[]]
+        total = rt.reduce_sum(torch.tensor(float(sum(task.units(m) for m in micro)), device=rt.device))
+        total = total.clamp(min=1)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for k, m in enumerate(micro):
+            with rt.no_sync_unless(k == len(micro) - 1, self.model), rt.autocast():
+                loss_sum, stats = task.loss(self.model, m)
+            # DDP averages gradients over processes: scale so their mean is the global batch's mean
+            loss = loss_sum.float() * rt.num_processes / total
+            if not torch.isfinite(loss):
+                raise UserError(f"non-finite loss at step {self.step + 1}; lower learning_rate")
+            rt.backward(loss)
+            for key, v in {"loss": loss_sum.item(), **stats}.items():
+                sums[key] = sums.get(key, 0.0) + float(v)
+        if self.settings.max_grad_norm is not None:
+            rt.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.settings.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        keys = sorted(sums)
+        reduced = rt.reduce_sum(torch.tensor([sums[k] for k in keys], device=rt.device, dtype=torch.float64))
+        return {k: float(v) / float(total) for k, v in zip(keys, reduced.tolist())} | {"units": float(total)}
+
+    # ------------------------------------------------------------ epochs
+
+    def fit(self, task: SupervisedTask, after_epoch: Callable[[dict], dict] | None = None,
+            progress: bool = True) -> list[dict]:
+        """Run the plan from `self.step` on; `after_epoch(record)` sees each epoch's record (train means)
+        and may add to it (held-out numbers). Returns the epoch records (also in metrics.jsonl, with a
+        line every `log_every` steps)."""
+        from tqdm.auto import tqdm
+
+        rt = self.runtime
+        main = rt.is_main_process
+        metrics = self.output_dir / "metrics.jsonl"
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        done = 0
+        for epoch, batches in enumerate(self.plan, 1):
+            if done + len(batches) <= self.step:  # finished before a resume
+                done += len(batches)
+                continue
+            skip, started = self.step - done, time.time()
+            bar = tqdm(total=len(batches), initial=skip, desc=f"epoch {epoch}/{len(self.plan)}", unit="step",
+                       disable=not (progress and main))
+            for indices in batches[skip:]:
+                stats = self.train_step(task, indices)
+                self.steps.append({"epoch": epoch, **stats})
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in _epoch_means(self.steps, epoch).items()})
+                if self.settings.log_every and self.step % self.settings.log_every == 0:
+                    row = {"epoch": epoch, "step": self.step,
+                           **{f"train/{k}": v for k, v in stats.items() if k != "units"},
+                           "lr": self.scheduler.get_last_lr()[0]}
+                    self._log(metrics, row)
+                if self.settings.save_every and self.step % self.settings.save_every == 0:
+                    self.save(self.output_dir / "checkpoints" / f"step-{self.step}")
+            bar.close()
+            done += len(batches)
+            record = {"epoch": epoch, "step": self.step,
+                      **{f"train/epoch_{k}": v for k, v in _epoch_means(self.steps, epoch).items()},
+                      "seconds": time.time() - started}
+            if after_epoch is not None:
+                record.update(after_epoch(record))
+            self.history.append(record)
+            self._log(metrics, record)
+        return self.history
+
+    def _log(self, path: Path, row: dict) -> None:
+        if self.runtime.is_main_process:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save(self, folder) -> Path:
+        return save_checkpoint(folder, self.runtime, self.config, self.unwrapped, self.optimizer, self.scheduler,
+                               {"step": self.step, "history": self.history, "steps": self.steps})
+
+    def load_state(self, folder) -> None:
+        """Restore a checkpoint of this loop (same model, data and settings); `fit` then continues it."""
+        folder = find_checkpoint(folder)
+        state = load_checkpoint(folder, self.runtime, self.unwrapped, self.optimizer, self.scheduler)
+        self.step, self.history, self.steps = state["step"], state["history"], state["steps"]
+        metrics = self.output_dir / "metrics.jsonl"
+        if self.runtime.is_main_process and metrics.exists():  # the log as of the checkpoint
+            rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= self.step),
+                               encoding="utf-8")
+
+
+def _epoch_means(steps: list[dict], epoch: int) -> dict:
+    """Each statistic's mean over an epoch's steps so far, weighted by their units."""
+    rows = [r for r in steps if r["epoch"] == epoch]
+    units = sum(r["units"] for r in rows) or 1.0
+    keys = [k for k in rows[0] if k not in ("epoch", "units")] if rows else []
+    return {k: sum(r[k] * r["units"] for r in rows) / units for k in keys}
+
+
+def latest_checkpoint(output_dir) -> Path | None:
+    """The newest checkpoint under output_dir/checkpoints, or None."""
+    try:
+        return find_checkpoint(output_dir)
+    except UserError:
+        return None
+
+
+__all__ = ["LoopSettings", "STATE_FILE", "SupervisedLoop", "SupervisedTask", "latest_checkpoint"]
