@@ -15,12 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from rlhfkit.config import option, renamed, save_yaml
-from rlhfkit.errors import UserError
 
 STAGES = ("generate", "label", "reward", "ppo", "eval", "report")
 ASSETS = Path(__file__).parent / "assets"

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import torch
 
+from rlhfkit.errors import UserError
 from rlhfkit.ops.masked import masked_mean, masked_var
 
 
@@ -83,3 +84,27 @@ def check(trainer, stats: dict) -> None:
         if kl_new > max(2 * kl_old, 2 * trainer.config.kl_target, 10.0) and r_new > r_old:
             warn_once(trainer, "runaway", f"KL is running away ({kl_old:.1f} -> {kl_new:.1f} nats) while reward "
                                           "rises: likely reward hacking; raise init_kl_coef or lower learning_rate")
+
+
+def skip(trainer, why: str, queries) -> dict:
+    """Count a skipped step (no update); several in a row stop the run with a message naming the batch."""
+    trainer.skipped_steps += 1
+    trainer.bad_in_row += 1
+    trainer.step_count += 1
+    if trainer.bad_in_row >= trainer.config.max_bad_steps:
+        first = trainer.tokenizer.decode(queries[0], skip_special_tokens=True)[:80]
+        raise UserError(f"{trainer.bad_in_row} steps in a row skipped ({why}); last at step {trainer.step_count}, batch "
+                        f"starting with prompt {first!r}; check the reward function and lower learning_rate")
+    warnings.warn(f"step {trainer.step_count}: {why}; step skipped")
+    return {"ppo/skipped_steps": float(trainer.skipped_steps), "ppo/skipped": 1.0}
+
+
+def progress(trainer, bar, stats: dict, steps: int) -> None:
+    """The progress bar's reward/KL, and a summary line every `log_every` steps."""
+    reward, kl = stats.get("env/reward_mean", float("nan")), stats.get("objective/kl", float("nan"))
+    bar.update(1)
+    bar.set_postfix(reward=f"{reward:.3f}", kl=f"{kl:.3f}")
+    if trainer.config.log_every and trainer.step_count % trainer.config.log_every == 0 and trainer.runtime.is_main_process:
+        seconds = stats.get("time/ppo/total", 0.0) + stats.get("time/generate", 0.0) + stats.get("time/reward", 0.0)
+        bar.write(f"step {trainer.step_count}/{steps}  reward {reward:.4f}  kl {kl:.4f}  "
+                  f"beta {trainer.kl_ctl.value:.4f}  len {stats.get('tokens/responses_len_mean', 0):.1f}  {seconds:.1f}s")

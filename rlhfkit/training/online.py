@@ -17,7 +17,6 @@ accelerate (`Runtime`), so `accelerate launch` scales the same loop out.
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from rlhfkit.ops.masked import RunningMoments
 from rlhfkit.training import experience, monitor
 from rlhfkit.training.checkpoint import STATE_FILE, RunLog, find_checkpoint, load_checkpoint, save_checkpoint
 from rlhfkit.training.online_config import OnlineConfig
+from rlhfkit.training.prompts import PromptStream, load_prompt_dataset
 from rlhfkit.training.runtime import Runtime, make_optimizer
 from rlhfkit.training.update import optimise
 
@@ -75,19 +75,7 @@ class OnlineTrainer:
         if self.reference is not None and self.reference.separate:
             apply_speed_settings(self.reference.network, "reference", speed)
         self._cache_kwargs = static_cache_kwargs(model.pretrained_model) if config.static_cache else {}
-        self._checkpointed = []
-        if config.compile:  # after the reference copy, which stays eager
-            # with gradient_checkpointing the compiler recomputes activations itself: torch.compile skips
-            # layers under transformers' checkpointing, and its own recomputation is fused
-            compile_layers(model.pretrained_model, memory_budget=0.0 if config.gradient_checkpointing else None)
-        elif config.gradient_checkpointing:
-            self._checkpointed = checkpoint_activations(model.pretrained_model)
-        if config.gradient_checkpointing:
-            # the response logits and their gradient are the training pass's largest tensors: recompute
-            # them in row chunks too, where the model's logits are exactly its linear head's output
-            probe = self._batches([[0, 1]], [[1, 0]])([0])
-            with self.runtime.autocast():
-                model.chunked_head = model.head_is_last_op(**probe.inputs)
+        self._checkpointed = _training_pass_settings(model, config, self._batches([[0, 1]], [[1, 0]])([0]), self.runtime)
         self.scheduler = None
         if config.lr_schedule == "linear":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -95,13 +83,14 @@ class OnlineTrainer:
         self.kl_ctl = kl_controller(config.init_kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon)
         self.score_stats = RunningMoments()
         self.step_count, self.skipped_steps, self.bad_in_row = 0, 0, 0
-        self.data_position = {"consumed": 0}
         self.history: list[dict] = []
         self.minibatch_stats: list[dict] = []
         self.warned: set[str] = set()
         self.trend: list[dict] = []
         self.log = RunLog(self.run_dir, self.runtime.is_main_process, config.samples_per_step)
-        self.prompts, self.queries = _load_dataset(config, self.tokenizer, dataset)
+        self.prompts, self.queries = load_prompt_dataset(config, self.tokenizer, dataset)
+        self.stream = PromptStream(len(self.queries or []) or 1, config.batch_size, config.num_generations, config.seed,
+                                   self.runtime.process_index, self.runtime.num_processes)
 
     # ------------------------------------------------------------ parts
 
@@ -173,7 +162,7 @@ class OnlineTrainer:
             group_ids = torch.arange(len(queries)) // self.config.num_generations
         group_ids = torch.as_tensor(group_ids)
         if not torch.isfinite(scores).all():
-            return self._skip("non-finite reward", queries)
+            return monitor.skip(self, "non-finite reward", queries)
         raw_scores = scores.clone()
         for layer in self._checkpointed:  # in case something switched the model to eval since
             layer.training = True
@@ -187,7 +176,7 @@ class OnlineTrainer:
         data.update(experience.advantages(data, scores, c, self.kl_ctl.value, group_ids, self.runtime.reduce_sum))
         train = optimise(self, batches, data, perms)
         if train is None:
-            return self._skip("non-finite loss", queries)
+            return monitor.skip(self, "non-finite loss", queries)
         t2 = time.time()
         stats = monitor.step_stats(self, data, scores, raw_scores, queries, responses, train)
         stats.update({"time/ppo/forward_pass": t1 - t0, "time/ppo/optimize_step": t2 - t1,
@@ -200,17 +189,6 @@ class OnlineTrainer:
         self.bad_in_row = 0
         monitor.check(self, stats)
         return stats
-
-    def _skip(self, why: str, queries) -> dict:
-        self.skipped_steps += 1
-        self.bad_in_row += 1
-        self.step_count += 1
-        if self.bad_in_row >= self.config.max_bad_steps:
-            first = self.tokenizer.decode(queries[0], skip_special_tokens=True)[:80]
-            raise UserError(f"{self.bad_in_row} steps in a row skipped ({why}); last at step {self.step_count}, batch "
-                            f"starting with prompt {first!r}; check the reward function and lower learning_rate")
-        warnings.warn(f"step {self.step_count}: {why}; step skipped")
-        return {"ppo/skipped_steps": float(self.skipped_steps), "ppo/skipped": 1.0}
 
     def log_stats(self, stats: dict, batch: dict | None = None, scores=None) -> None:
         """Keep a step's stats; with `output_dir`, append them to metrics.jsonl and a few
@@ -245,7 +223,7 @@ class OnlineTrainer:
             save_yaml(self.config, self.run_dir / "config.yaml")
         bar = tqdm(total=steps, initial=self.step_count, desc=self.progress_name, unit="step", disable=not main)
         while self.step_count < steps:
-            idx = self._next_indices()
+            idx = self.stream.next()
             queries, prompts = [self.queries[i] for i in idx], [prompt_text(self.prompts[i]) for i in idx]
             t = time.time()
             responses = self.generate(queries)
@@ -260,7 +238,7 @@ class OnlineTrainer:
             stats = self.step(queries, responses, scores)
             stats.update({"time/generate": t_gen, "time/reward": t_reward})
             self.log_stats(stats, {"query": prompts, "response": texts}, scores)
-            self._progress(bar, stats, steps)
+            monitor.progress(self, bar, stats, steps)
             if self.config.save_every and self.step_count % self.config.save_every == 0 and self.run_dir:
                 self.save(self.run_dir / "checkpoints" / f"step-{self.step_count}")
         bar.close()
@@ -279,31 +257,6 @@ class OnlineTrainer:
         reward = self.config.reward if reward is None else reward
         return reward if callable(reward) else get_reward(reward)
 
-    def _next_indices(self) -> list[int]:
-        """This process's prompts for the next batch, each `num_generations` times in a row: a stream
-        of per-epoch permutations (seeded) of the prompt set."""
-        n, g = len(self.queries), self.config.num_generations
-        bs = self.config.batch_size // g
-        start = self.data_position["consumed"] + self.runtime.process_index * bs
-        self.data_position["consumed"] += bs * self.runtime.num_processes
-        out, perms = [], {}
-        for p in range(start, start + bs):
-            epoch = p // n
-            if epoch not in perms:
-                gen = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
-                perms[epoch] = torch.randperm(n, generator=gen).tolist()
-            out += [perms[epoch][p % n]] * g
-        return out
-
-    def _progress(self, bar, stats: dict, steps: int) -> None:
-        reward, kl = stats.get("env/reward_mean", float("nan")), stats.get("objective/kl", float("nan"))
-        bar.update(1)
-        bar.set_postfix(reward=f"{reward:.3f}", kl=f"{kl:.3f}")
-        if self.config.log_every and self.step_count % self.config.log_every == 0 and self.runtime.is_main_process:
-            seconds = stats.get("time/ppo/total", 0.0) + stats.get("time/generate", 0.0) + stats.get("time/reward", 0.0)
-            bar.write(f"step {self.step_count}/{steps}  reward {reward:.4f}  kl {kl:.4f}  "
-                      f"beta {self.kl_ctl.value:.4f}  len {stats.get('tokens/responses_len_mean', 0):.1f}  {seconds:.1f}s")
-
     # ------------------------------------------------------------ saving and resuming
 
     def save_pretrained(self, folder) -> None:
@@ -317,7 +270,7 @@ class OnlineTrainer:
         """The loop's own state (what a checkpoint needs beyond weights, optimizer and RNGs)."""
         return {"step": self.step_count, "skipped_steps": self.skipped_steps, "bad_in_row": self.bad_in_row,
                 "kl_ctl": self.kl_ctl.state_dict(), "score_stats": self.score_stats.state_dict(),
-                "data_position": self.data_position, "history": self.history, "trend": self.trend,
+                "data_position": self.stream.position, "history": self.history, "trend": self.trend,
                 "warned": sorted(self.warned)}
 
     def save(self, folder) -> Path:
@@ -332,7 +285,7 @@ class OnlineTrainer:
         self.step_count, self.skipped_steps, self.bad_in_row = state["step"], state["skipped_steps"], state["bad_in_row"]
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.score_stats.load_state_dict(state["score_stats"])
-        self.data_position, self.history, self.trend = state["data_position"], state["history"], state["trend"]
+        self.stream.position, self.history, self.trend = state["data_position"], state["history"], state["trend"]
         self.warned = set(state["warned"])
         self.log.rewind(self.history, self.step_count)
 
@@ -355,6 +308,24 @@ class OnlineTrainer:
 # ---------------------------------------------------------------- setup
 
 
+def _training_pass_settings(model: ModelWithValueHead, config: OnlineConfig, probe, runtime) -> list:
+    """compile or activation checkpointing of the policy's training passes (after the reference copy,
+    which stays eager); returns the checkpointed layers."""
+    checkpointed = []
+    if config.compile:
+        # with gradient_checkpointing the compiler recomputes activations itself: torch.compile skips
+        # layers under transformers' checkpointing, and its own recomputation is fused
+        compile_layers(model.pretrained_model, memory_budget=0.0 if config.gradient_checkpointing else None)
+    elif config.gradient_checkpointing:
+        checkpointed = checkpoint_activations(model.pretrained_model)
+    if config.gradient_checkpointing:
+        # the response logits and their gradient are the training pass's largest tensors: recompute
+        # them in row chunks too, where the model's logits are exactly its linear head's output
+        with runtime.autocast():
+            model.chunked_head = model.head_is_last_op(**probe.inputs)
+    return checkpointed
+
+
 def _load_model(config: OnlineConfig, model, tokenizer):
     from rlhfkit.models import load_policy
 
@@ -372,30 +343,3 @@ def _load_model(config: OnlineConfig, model, tokenizer):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-def _load_dataset(config: OnlineConfig, tokenizer, dataset):
-    """(prompts as given, query token ids): prompts from a file, a list, or a datasets.Dataset."""
-    from rlhfkit.data import load_prompts
-    from rlhfkit.models.generation import encode_prompts
-
-    if dataset is None and config.prompts:
-        dataset = config.prompts
-    if dataset is None:
-        return None, None
-    if isinstance(dataset, (str, Path)):
-        dataset = load_prompts(dataset)
-    columns = getattr(dataset, "column_names", None)
-    if columns is not None:
-        text_col = next((c for c in ("prompt", "query", "messages") if c in columns), None)
-        if "input_ids" in columns:
-            queries = [_ids(x) for x in dataset["input_ids"]]
-            texts = list(dataset[text_col]) if text_col else tokenizer.batch_decode(queries, skip_special_tokens=True)
-            return texts, queries
-        if text_col is None:
-            raise UserError(f"dataset has columns {columns}; the trainer needs 'prompt', 'query', 'messages' or 'input_ids'")
-        dataset = list(dataset[text_col])
-    prompts = list(dataset)
-    if not prompts:
-        raise UserError("the prompt dataset is empty")
-    return prompts, encode_prompts(tokenizer, prompts, max_length=config.max_prompt_tokens)
