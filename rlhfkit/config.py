@@ -103,6 +103,9 @@ def build_config(cls, args: argparse.Namespace | dict | None = None, yaml_path: 
         values.update(from_file)
     given = vars(args) if isinstance(args, argparse.Namespace) else _new_names(cls, dict(args or {}), None)
     values.update({k: v for k, v in given.items() if k in names})
+    if "max_grad_norm" in names and values.get("max_grad_norm") == 0:
+        _notice("max_grad_norm: 0 for 'off' is deprecated; use null (None)")
+        values["max_grad_norm"] = None
     try:
         config = cls(**values)
     except TypeError as e:
@@ -112,9 +115,6 @@ def build_config(cls, args: argparse.Namespace | dict | None = None, yaml_path: 
 
 
 def _check_types(config) -> None:
-    if getattr(config, "max_grad_norm", None) == 0:
-        _notice("max_grad_norm: 0 for 'off' is deprecated; use null (None)")
-        config.max_grad_norm = None
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
