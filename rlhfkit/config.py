@@ -229,16 +229,6 @@ class LoraFields:
     lora_target_modules: list[str] = option(["all-linear"], "modules that get adapters (peft names; all-linear = "
                                                             "every linear layer but the output head)")
 
-    def lora_options(self):
-        """The peft settings, or None without LoRA."""
-        from rlhfkit.models import LoraOptions
-
-        if not self.lora:
-            return None
-        targets = self.lora_target_modules
-        targets = targets[0] if isinstance(targets, list) and targets == ["all-linear"] else targets
-        return LoraOptions(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout, target_modules=targets)
-
 
 @dataclasses.dataclass
 class SamplingFields:
@@ -248,11 +238,6 @@ class SamplingFields:
     top_k: int = option(0, "top-k sampling (0 = off, as online methods' log-probs assume)")
     top_p: float = option(1.0, "nucleus sampling (1 = off)")
     max_prompt_tokens: int | None = option(None, "keep the last N tokens of longer prompts (None = all)")
-
-    def generation(self):
-        from rlhfkit.models.generation import GenerationSettings
-
-        return GenerationSettings(self.max_new_tokens, self.temperature, int(self.top_k), self.top_p, self.min_new_tokens)
 
     def check_sampling(self) -> None:
         if self.max_new_tokens < 1:

@@ -60,6 +60,7 @@ def run_eval(config: EvalConfig) -> dict:
     from rlhfkit.data import load_prompts
     from rlhfkit.evaluation import evaluate, save_json
     from rlhfkit.evaluation.summary import format_summary
+    from rlhfkit.models.generation import GenerationSettings
     from rlhfkit.evaluation.report import write_report
 
     _validate(config)
@@ -74,7 +75,7 @@ def run_eval(config: EvalConfig) -> dict:
               f"{RECOMMENDED_PROMPTS} are rough", file=sys.stderr)
     models = {"baseline": config.baseline, "model": config.model} if config.baseline else {"model": config.model}
     result = evaluate(
-        models, prompts, config.score, n_samples_per_prompt=config.samples_per_prompt, settings=config.generation(),
+        models, prompts, config.score, n_samples_per_prompt=config.samples_per_prompt, settings=GenerationSettings.of(config),
         baseline_name="baseline" if config.baseline else None, seed=config.seed, batch_size=config.batch_size,
         n_boot=config.n_boot, level=config.level, kl=config.kl, dtype=config.dtype,
         max_prompt_tokens=config.max_prompt_tokens,

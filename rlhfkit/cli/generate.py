@@ -22,7 +22,7 @@ class GenerateConfig(SamplingFields):
 def run_generate(config: GenerateConfig) -> int:
     from rlhfkit.data import load_prompts, prompt_to_json, write_jsonl
     from rlhfkit.errors import UserError
-    from rlhfkit.models.generation import generate_completions
+    from rlhfkit.models.generation import GenerationSettings, generate_completions
     from rlhfkit.models import load_policy
 
     for name in ("n", "max_new_tokens", "batch_size"):
@@ -35,7 +35,7 @@ def run_generate(config: GenerateConfig) -> int:
         prompts = prompts[: config.limit]
     policy = load_policy(config.model, dtype=config.dtype)
     completions = generate_completions(
-        policy.model, policy.tokenizer, prompts, n=config.n, settings=config.generation(), batch_size=config.batch_size,
+        policy.model, policy.tokenizer, prompts, n=config.n, settings=GenerationSettings.of(config), batch_size=config.batch_size,
         seed=config.seed, max_prompt_tokens=config.max_prompt_tokens,
     )
     rows = [{**prompt_to_json(p), "completions": c, "model": config.model} for p, c in zip(prompts, completions)]

@@ -1,4 +1,4 @@
-"""Floor 5: evaluation before and after, with honest statistics, plots and a report.
+"""Evaluation before and after, with honest statistics, plots and a report.
 
 - `evaluate`: sample from each model on the same prompts, score, KL to the baseline;
 - `statistics`: bootstrap CIs, paired changes, verdicts;

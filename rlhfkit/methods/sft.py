@@ -223,7 +223,7 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
     import torch
 
     from rlhfkit.config import save_yaml
-    from rlhfkit.models import load_policy
+    from rlhfkit.models import LoraOptions, load_policy
     from rlhfkit.training.supervised import LoopSettings, SupervisedLoop, latest_checkpoint
 
     if not config.data:
@@ -240,7 +240,7 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
     torch.manual_seed(config.seed)
     examples, held_out = _split(config, examples, rng)
 
-    policy = load_policy(config.model, lora=config.lora_options())
+    policy = load_policy(config.model, lora=LoraOptions.of(config))
     model, tokenizer, seq2seq = policy.model, policy.tokenizer, policy.seq2seq
     train_enc, cut = encode_examples(tokenizer, examples, seq2seq, config.max_length)
     if cut:

@@ -1,4 +1,4 @@
-"""Floor 3: models. Loading, the value head, the reference, forward passes, sampling, speed settings.
+"""Models. Loading, the value head, the reference, forward passes, sampling, speed settings.
 
 - `registry`: embedded offline models (`smollm2-135m`, `minilm-l6`, tiny test models), `resolve`;
 - `loading`: `load_policy` (causal or seq2seq, LoRA, adapter folders), tokenizers, configs;

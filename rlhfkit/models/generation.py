@@ -27,6 +27,11 @@ class GenerationSettings:
     top_p: float = 1.0
     min_new_tokens: int = 0
 
+    @classmethod
+    def of(cls, config) -> "GenerationSettings":
+        """The settings of a config's sampling fields (`config.SamplingFields`)."""
+        return cls(config.max_new_tokens, config.temperature, int(config.top_k), config.top_p, config.min_new_tokens)
+
     def kwargs(self) -> dict:
         kw = dict(
             do_sample=True, max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,

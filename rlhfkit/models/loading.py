@@ -57,6 +57,15 @@ class LoraOptions:
     target_modules: str | list[str] = "all-linear"
     modules_to_save: list[str] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, config) -> "LoraOptions | None":
+        """The options a config's LoRA fields (`config.LoraFields`) ask for; None without LoRA."""
+        if not config.lora:
+            return None
+        targets = config.lora_target_modules
+        targets = "all-linear" if targets in (["all-linear"], "all-linear") else list(targets)
+        return cls(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout, target_modules=targets)
+
 
 @dataclass
 class Policy:

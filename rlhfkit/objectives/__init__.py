@@ -1,4 +1,4 @@
-"""Floor 1: what training minimises, as pure functions on tensors, chosen by name where methods differ.
+"""What training minimises, as pure functions on tensors, chosen by name where methods differ.
 
 - `aggregation`: per-token losses to one number (token-mean, seq-mean-token-mean, ...);
 - `advantages`: registry of advantage estimators (gae, ...) and token-reward shaping;

@@ -1,4 +1,4 @@
-"""Floor 1: pure tensor maths with no trainer state (torch only).
+"""Pure tensor maths with no trainer state (torch only).
 
 - `logprobs`: log-probs and entropy of sampled tokens (fused, chunked kernels);
 - `masked`: statistics over the real tokens of padded batches, running moments;

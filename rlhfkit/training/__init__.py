@@ -1,4 +1,4 @@
-"""Floor 3: the loops every method runs on, on accelerate.
+"""The loops every method runs on, on accelerate.
 
 - `runtime`: the accelerate runtime (devices, mixed precision, processes) and the optimizer;
 - `supervised`: epochs of batches through a task's loss (SFT, reward models, ...);

@@ -24,7 +24,7 @@ import torch
 
 from rlhfkit.config import save_yaml
 from rlhfkit.errors import UserError
-from rlhfkit.models.generation import sample, static_cache_kwargs
+from rlhfkit.models.generation import GenerationSettings, sample, static_cache_kwargs
 from rlhfkit.models.reference import Reference
 from rlhfkit.models.speed import SpeedSettings, apply_speed_settings, checkpoint_activations, compile_layers
 from rlhfkit.models.value_head import ModelWithValueHead
@@ -122,7 +122,7 @@ class OnlineTrainer:
         `generation_kwargs` override the config's generation fields (max_new_tokens,
         temperature, top_k, top_p, min_new_tokens); other keys go to HF `generate`.
         """
-        settings = self.config.generation()
+        settings = GenerationSettings.of(self.config)
         extra = dict(self._cache_kwargs)
         for key, value in generation_kwargs.items():
             if hasattr(settings, key):
@@ -327,10 +327,10 @@ def _training_pass_settings(model: ModelWithValueHead, config: OnlineConfig, pro
 
 
 def _load_model(config: OnlineConfig, model, tokenizer):
-    from rlhfkit.models import load_policy
+    from rlhfkit.models import LoraOptions, load_policy
 
     if model is None or isinstance(model, str):
-        lora = config.lora_options()
+        lora = LoraOptions.of(config)
         dtype = config.dtype
         if lora and config.mixed_precision == "bf16" and dtype in ("float32", "fp32"):
             dtype = "bfloat16"  # the frozen base is only read in bf16; adapters stay float32 (peft)

@@ -114,6 +114,12 @@ class OnlineConfig(_Speed, SamplingFields, _Method, OptimFields, _Run, LoraField
             raise UserError(f"the {self.advantage_estimator} estimator compares samples of one prompt: set "
                             "num_generations to 2 or more")
 
+    def generation(self):
+        """The sampling settings (`models.generation.GenerationSettings`)."""
+        from rlhfkit.models.generation import GenerationSettings
+
+        return GenerationSettings.of(self)
+
     @property
     def uses_critic(self) -> bool:
         from rlhfkit.objectives.advantages import ADVANTAGE_ESTIMATORS
