@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "rlhfkit.cli.reward",
     "rlhfkit.cli.label",
     "rlhfkit.cli.ppo",
+    "rlhfkit.cli.grpo",
+    "rlhfkit.cli.rloo",
     "rlhfkit.cli.eval",
     "rlhfkit.cli.demo",
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.objectives.registry import Registry
-from rlhfkit.ops.masked import Reduce, masked_whiten
+from rlhfkit.ops.masked import Reduce, masked_moments, masked_whiten
 
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
 register_advantage_estimator = ADVANTAGE_ESTIMATORS.register
@@ -31,7 +31,8 @@ class AdvantageInputs:
     group_ids: torch.Tensor | None = None  # [B]: equal for the samples of one prompt
     gamma: float = 1.0
     lam: float = 0.95
-    whiten: bool = True                  # normalise advantages over the (global) batch
+    whiten: bool = True                  # normalise advantages over the (global) batch (gae, rloo)
+    scale_rewards: str = "group"         # grpo: divide by the std of the group, the batch, or none
     reduce: Reduce = None                # sums a tensor across processes
 
 
@@ -95,3 +96,80 @@ def gae_advantages(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     if x.whiten:
         advantages = masked_whiten(advantages, x.mask, reduce=x.reduce)
     return advantages, returns
+
+
+# ---------------------------------------------------------------- critic-free (outcome) estimators
+
+
+def group_statistics(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per element: its group's (sum, size, unbiased std). values, group_ids: [B]; a group of one has std 0."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    n = int(inverse.max()) + 1 if inverse.numel() else 0
+    size = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inverse, torch.ones_like(values))
+    total = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
+    mean = total / size
+    sq = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inverse, (values - mean[inverse]) ** 2)
+    std = (sq / (size - 1).clamp(min=1)).sqrt() * (size > 1)
+    return total[inverse], size[inverse], std[inverse]
+
+
+def _sequence_rewards(x: AdvantageInputs) -> torch.Tensor:
+    """Each sequence's total reward: its score plus its summed KL-in-reward terms (the outcome estimators' signal)."""
+    return (x.token_rewards * x.mask.to(x.token_rewards.dtype)).sum(-1)
+
+
+def _per_token(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return advantages[:, None] * mask.to(advantages.dtype)
+
+
+def _groups(x: AdvantageInputs) -> torch.Tensor:
+    if x.group_ids is None:
+        raise ValueError("a group-relative estimator needs group_ids: several samples per prompt (num_generations >= 2)")
+    return x.group_ids
+
+
+@register_advantage_estimator("grpo", critic=False, grouped=True)
+def grpo_advantages(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
+    """GRPO: (r - mean of the prompt's group) / (std + 1e-4), std of the group (`scale_rewards="group"`),
+    of the whole batch ("batch") or none ("none", Dr. GRPO), the same on every token of the sequence."""
+    r = _sequence_rewards(x)
+    total, size, std = group_statistics(r, _groups(x))
+    advantages = r - total / size
+    if x.scale_rewards == "batch":
+        ones = torch.ones_like(r)[:, None]
+        advantages = advantages / (masked_moments(r[:, None], ones, x.reduce)[1].sqrt() + 1e-4)
+    elif x.scale_rewards == "group":
+        advantages = advantages / (std + 1e-4)
+    elif x.scale_rewards != "none":
+        raise ValueError(f"scale_rewards {x.scale_rewards!r}: use group, batch or none")
+    return _per_token(advantages, x.mask), None
+
+
+@register_advantage_estimator("dr_grpo", critic=False, grouped=True)
+def dr_grpo_advantages(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
+    """Dr. GRPO: r - mean of the prompt's group, not divided by a std (no difficulty bias)."""
+    r = _sequence_rewards(x)
+    total, size, _ = group_statistics(r, _groups(x))
+    return _per_token(r - total / size, x.mask), None
+
+
+@register_advantage_estimator("rloo", critic=False, grouped=True)
+def rloo_advantages(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
+    """REINFORCE leave-one-out: r - the mean reward of the prompt's other samples; whitened over the batch
+    when `whiten` (TRL's `normalize_advantages`)."""
+    r = _sequence_rewards(x)
+    total, size, _ = group_statistics(r, _groups(x))
+    advantages = torch.where(size > 1, r - (total - r) / (size - 1).clamp(min=1), torch.zeros_like(r))
+    advantages = _per_token(advantages, x.mask)
+    if x.whiten:
+        advantages = masked_whiten(advantages, x.mask, reduce=x.reduce)
+    return advantages, None
+
+
+@register_advantage_estimator("reinforce_plus_plus", critic=False, grouped=False)
+def reinforce_plus_plus_advantages(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++: the discounted reward-to-go of the token rewards (per-token KL in them), whitened over
+    the (global) batch; returns are the reward-to-go."""
+    zeros = torch.zeros_like(x.token_rewards)
+    returns, _ = masked_gae(x.token_rewards, zeros, x.mask, x.gamma, 1.0)
+    return masked_whiten(returns, x.mask, reduce=x.reduce), returns

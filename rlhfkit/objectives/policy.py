@@ -24,14 +24,24 @@ def get_policy_loss(name: str):
 @register_policy_loss("ppo")
 def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                         mask: torch.Tensor, clip_low: float = 0.2, clip_high: float | None = None,
-                        agg: str = "token-mean", scale: LossScale | None = None, **_) -> tuple[torch.Tensor, dict]:
+                        agg: str = "token-mean", scale: LossScale | None = None,
+                        importance_sampling_level: str = "token", **_) -> tuple[torch.Tensor, dict]:
     """PPO's clipped surrogate per token, max(-A * ratio, -A * clamp(ratio, 1 - clip_low, 1 + clip_high)),
     aggregated by `agg` (see `aggregation`). `clip_high` defaults to `clip_low`; a larger one is
-    DAPO's clip-higher. Returns (loss, stats): clipfrac, approxkl (0.5 E[(log ratio)^2]), policykl, ratio.
+    DAPO's clip-higher. `importance_sampling_level="sequence"` uses one ratio per sequence, the geometric
+    mean of its tokens' ratios (GSPO), on every token. Returns (loss, stats): clipfrac, approxkl
+    (0.5 E[(log ratio)^2]), policykl, ratio.
     """
     clip_high = clip_low if clip_high is None else clip_high
     log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
+    if importance_sampling_level == "sequence":
+        m = mask.to(log_ratio.dtype)
+        weights = ((log_ratio * m).sum(-1) / m.sum(-1).clamp(min=1))[:, None].expand_as(log_ratio)
+    elif importance_sampling_level == "token":
+        weights = log_ratio
+    else:
+        raise ValueError(f"importance_sampling_level {importance_sampling_level!r}: use token or sequence")
+    ratio = torch.exp(weights)
     loss1 = -advantages * ratio
     loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss = aggregate(torch.maximum(loss1, loss2), mask, agg, scale)

@@ -45,7 +45,11 @@ def _import_function(spec: str) -> FunctionReward:
 
 
 class WeightedSum(RewardSource):
-    """sum_i weight_i * source_i(prompts, completions); each part may be a RewardSource, callable or spec."""
+    """sum_i weight_i * source_i(prompts, completions); each part may be a RewardSource, callable or spec.
+
+    After a call, `last_parts` holds each part's unweighted scores by name (trainers log their means as
+    `rewards/NAME/mean`, as TRL does for its `reward_funcs`).
+    """
 
     def __init__(self, parts: Sequence[tuple[float, object]]):
         if not parts:
@@ -55,15 +59,22 @@ class WeightedSum(RewardSource):
         self.parts = [(float(w), get_reward(s)) for w, s in parts]
         self.name = "+".join(f"{w:g}*{s.name}" for w, s in self.parts)
         self.batch_size = 0  # the parts batch themselves
+        self.last_parts: dict[str, list[float]] = {}
 
     def to(self, device) -> "WeightedSum":
         for _, s in self.parts:
             s.to(device)
         return self
 
+    def __call__(self, prompts, completions):
+        self.last_parts = {}
+        return super().__call__(prompts, completions)
+
     def score(self, prompts, completions):
         total = [0.0] * len(completions)
         for w, source in self.parts:
-            for i, v in enumerate(source(prompts, completions)):
+            values = source(prompts, completions)
+            self.last_parts.setdefault(source.name, []).extend(values)
+            for i, v in enumerate(values):
                 total[i] += w * v
         return total

@@ -27,23 +27,35 @@ def trainable_state(model) -> dict:
 
 
 def save_checkpoint(folder, runtime, config, model, optimizer, scheduler, state: dict) -> Path:
-    """Write a checkpoint of `model`'s trainable weights, optimizer, scheduler, `state` and the RNGs."""
+    """Write a checkpoint of `model`'s trainable weights, optimizer, scheduler, `state` and the RNGs.
+
+    Everything goes into `FOLDER.partial` first, which is renamed to `FOLDER` once every process has
+    written its part: a run killed mid-save leaves no half checkpoint that a resume would pick up.
+    """
+    import shutil
+
     from safetensors.torch import save_file
 
     folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
     runtime.wait_for_everyone()
     if runtime.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_yaml(config, folder / "config.yaml")
-        save_file(trainable_state(model), str(folder / WEIGHTS_FILE))
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_yaml(config, partial / "config.yaml")
+        save_file(trainable_state(model), str(partial / WEIGHTS_FILE))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None},
-                   folder / OPTIMIZER_FILE)
-        (folder / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+                   partial / OPTIMIZER_FILE)
+        (partial / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
     runtime.wait_for_everyone()
-    folder.mkdir(parents=True, exist_ok=True)
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    torch.save(rng, folder / f"rng_state_{runtime.process_index}.pt")
+    torch.save(rng, partial / f"rng_state_{runtime.process_index}.pt")
+    runtime.wait_for_everyone()
+    if runtime.is_main_process:
+        if folder.exists():
+            shutil.rmtree(folder)
+        partial.rename(folder)
     runtime.wait_for_everyone()
     return folder
 
@@ -84,7 +96,8 @@ def find_checkpoint(folder) -> Path:
     if (folder / STATE_FILE).exists():
         return folder
     steps = sorted((int(p.name.split("-")[1]), p) for p in (folder / "checkpoints").glob("step-*")
-                   if (p / STATE_FILE).exists()) if (folder / "checkpoints").is_dir() else []
+                   if p.name.split("-")[1].isdigit() and (p / STATE_FILE).exists()) \
+        if (folder / "checkpoints").is_dir() else []
     if not steps:
         raise UserError(f"{folder}: no checkpoint here (expected {STATE_FILE} or checkpoints/step-N/)")
     return steps[-1][1]

@@ -98,8 +98,14 @@ def advantages(data: dict, scores: torch.Tensor, config, kl_coef: float, group_i
         token_rewards=token_rewards, scores=scores.to(mask.device), mask=mask,
         values=data["values"] if config.uses_critic else None,
         group_ids=group_ids.to(mask.device) if group_ids is not None else None, gamma=config.gamma, lam=config.lam,
-        whiten=config.whiten_advantages, reduce=reduce))
+        whiten=config.whiten_advantages, scale_rewards=config.scale_rewards, reduce=reduce))
     out = {"non_score": non_score, "advantages": adv, "returns": returns if returns is not None else torch.zeros_like(adv)}
     if kl is not None:
         out["kl"] = kl
     return out
+
+
+def truncated_out_of_loss(data: dict, responses, eos_id: int, max_new_tokens: int) -> None:
+    """`loss_mask`: the mask without the completions that hit the length limit without EOS (DAPO)."""
+    cut = torch.tensor([len(r) >= max_new_tokens and r[-1] != eos_id for r in responses], device=data["mask"].device)
+    data["loss_mask"] = data["mask"] * (~cut)[:, None].to(data["mask"].dtype)

@@ -15,7 +15,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.ops.masked import masked_mean, masked_var
 
 
-def step_stats(trainer, data: dict, scores, raw_scores, queries, responses, train: dict) -> dict:
+def step_stats(trainer, data: dict, scores, raw_scores, queries, responses, train: dict, group_ids=None) -> dict:
     """The step's statistics, averaged over processes."""
     mask = data["mask"]
     local = {}
@@ -48,10 +48,26 @@ def step_stats(trainer, data: dict, scores, raw_scores, queries, responses, trai
     if trainer.runtime.num_processes > 1:
         values = trainer.runtime.reduce(values, "mean")
     stats = {k: float(v) for k, v in zip(names, values.tolist())}
+    stats.update(trl_names(stats))
+    if group_ids is not None and trainer.config.num_generations > 1:
+        from rlhfkit.objectives.advantages import group_statistics
+
+        zero = group_statistics(raw_scores.double(), group_ids.cpu())[2] == 0
+        stats["frac_reward_zero_std"] = float(zero.double().mean())
     stats["objective/kl_coef"] = float(trainer.kl_ctl.value)
     stats["ppo/learning_rate"] = float(trainer.optimizer.param_groups[0]["lr"])
     stats["ppo/skipped_steps"] = float(trainer.skipped_steps)
     return stats
+
+
+# TRL's GRPO/RLOO dashboards name the same numbers so
+_TRL_NAMES = {"reward": "env/reward_mean", "reward_std": "env/reward_std", "kl": "objective/kl",
+              "entropy": "ppo/policy/entropy", "completions/mean_length": "tokens/responses_len_mean",
+              "clip_ratio/region_mean": "ppo/policy/clipfrac"}
+
+
+def trl_names(stats: dict) -> dict:
+    return {new: stats[old] for new, old in _TRL_NAMES.items() if old in stats}
 
 
 def hit_limit(trainer, response: list[int]) -> bool:

@@ -174,11 +174,13 @@ class OnlineTrainer:
                                   with_reference=self.reference is not None)
         t1 = time.time()
         data.update(experience.advantages(data, scores, c, self.kl_ctl.value, group_ids, self.runtime.reduce_sum))
+        if c.mask_truncated_completions:
+            experience.truncated_out_of_loss(data, responses, self.tokenizer.eos_token_id, c.max_new_tokens)
         train = optimise(self, batches, data, perms)
         if train is None:
             return monitor.skip(self, "non-finite loss", queries)
         t2 = time.time()
-        stats = monitor.step_stats(self, data, scores, raw_scores, queries, responses, train)
+        stats = monitor.step_stats(self, data, scores, raw_scores, queries, responses, train, group_ids)
         stats.update({"time/ppo/forward_pass": t1 - t0, "time/ppo/optimize_step": t2 - t1,
                       "time/ppo/train_passes": self.pass_seconds, "time/ppo/total": time.time() - t0})
         if "objective/kl" in stats:
@@ -237,6 +239,8 @@ class OnlineTrainer:
             t_reward = time.time() - t
             stats = self.step(queries, responses, scores)
             stats.update({"time/generate": t_gen, "time/reward": t_reward})
+            for name, values in getattr(reward, "last_parts", {}).items():  # the parts of a weighted sum
+                stats[f"rewards/{name}/mean"] = float(np.mean(values))
             self.log_stats(stats, {"query": prompts, "response": texts}, scores)
             monitor.progress(self, bar, stats, steps)
             if self.config.save_every and self.step_count % self.config.save_every == 0 and self.run_dir:

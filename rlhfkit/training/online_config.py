@@ -45,7 +45,13 @@ class _Method:
     policy_loss: str = option("ppo", "policy loss by name (rlhfkit.objectives.policy)")
     loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = \
         option("token-mean", "how per-token losses become one number")
-    whiten_advantages: bool = option(True, "normalise advantages over the batch (gae)")
+    whiten_advantages: bool = option(True, "normalise advantages over the batch (gae, rloo)")
+    scale_rewards: Literal["group", "batch", "none"] = option("group", "grpo: divide advantages by the std of the "
+                                                                       "prompt's group, of the batch, or not at all")
+    importance_sampling_level: Literal["token", "sequence"] = option(
+        "token", "policy ratio per token, or one per sequence (the geometric mean: GSPO)")
+    mask_truncated_completions: bool = option(False, "leave completions that hit max_new_tokens without EOS out "
+                                                     "of the loss (their reward still counts in the groups)")
     gamma: float = option(1.0, "discount factor")
     lam: float = option(0.95, "GAE lambda")
     cliprange: float = option(0.2, "policy ratio clip range (below 1)")

@@ -19,11 +19,12 @@ def optimise(trainer, batches, data: dict, perms) -> dict | None:
     """Every epoch's mini-batches: zero grads, micro-steps, clip, step. Mean stats over mini-batches,
     or None on a non-finite loss (the step is then skipped with no update from it)."""
     c, runtime = trainer.config, trainer.runtime
+    mask_key = "loss_mask" if "loss_mask" in data else "mask"
     trainer.minibatch_stats = []
     trainer.pass_seconds = 0.0  # forward + loss + backward of the micro-batches, without optimiser steps
     for perm in perms:
         for mini in micro_batches(perm, c.mini_batch_size, c.gradient_accumulation_steps):
-            scale = LossScale(sum(data["mask"][i].sum() for i in mini).clamp(min=1),
+            scale = LossScale(sum(data[mask_key][i].sum() for i in mini).clamp(min=1),
                               float(sum(len(m) for m in mini)), float(c.max_new_tokens))
             trainer.optimizer.zero_grad(set_to_none=True)
             sums: dict[str, float] = {}
@@ -51,20 +52,23 @@ def micro_step(trainer, batches, data: dict, micro: list[int], scale: LossScale)
     c = trainer.config
     batch = batches(micro)
     idx, w = torch.tensor(micro, device=batch.mask.device), batch.width
-    old = {k: data[k][idx, :w] for k in ("logprobs", "values", "advantages", "returns", "ref_logprobs") if k in data}
+    old = {k: data[k][idx, :w] for k in ("logprobs", "values", "advantages", "returns", "ref_logprobs", "loss_mask")
+           if k in data}
+    mask = old.get("loss_mask", batch.mask)
     with trainer.runtime.autocast():
         logprobs, values, _ = forward(trainer.model, batch, c.temperature, with_values=trainer.critic)
     loss_fn = get_policy_loss(c.policy_loss)
-    pl, ps = loss_fn(logprobs, old["logprobs"], old["advantages"], batch.mask, clip_low=c.cliprange,
-                     clip_high=c.cliprange_high, agg=c.loss_agg_mode, scale=scale)
+    pl, ps = loss_fn(logprobs, old["logprobs"], old["advantages"], mask, clip_low=c.cliprange,
+                     clip_high=c.cliprange_high, agg=c.loss_agg_mode, scale=scale,
+                     importance_sampling_level=c.importance_sampling_level)
     loss, out = pl, {"loss/policy": pl.item()}
     if trainer.critic:
-        vl, vs = value_loss(values, old["values"], old["returns"], batch.mask, c.cliprange_value, scale)
+        vl, vs = value_loss(values, old["values"], old["returns"], mask, c.cliprange_value, scale)
         loss = pl + c.vf_coef * vl
         out.update({"loss/value": vl.item(), "val/clipfrac": vs["clipfrac"].item(), "val/error": vs["error"].item(),
                     "val/vpred": ((values.detach() * batch.mask).sum() / scale.tokens).item()})
     if c.kl_penalty == "loss":
-        kl = aggregate(kl_estimate(logprobs, old["ref_logprobs"], c.kl_estimator), batch.mask, c.loss_agg_mode, scale)
+        kl = aggregate(kl_estimate(logprobs, old["ref_logprobs"], c.kl_estimator), mask, c.loss_agg_mode, scale)
         loss = loss + trainer.kl_ctl.value * kl
         out["loss/kl"] = kl.item()
     if not torch.isfinite(loss):
