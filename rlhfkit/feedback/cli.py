@@ -101,15 +101,26 @@ def cmd_stats(args) -> int:
 
 
 class _RedactTokens(logging.Filter):
-    """Defence in depth: tokens travel in headers, but never let one reach a log line."""
+    """Defence in depth: tokens travel in headers, but never let one reach a log line.
 
-    pattern = re.compile(r"(token=|#|Bearer\s+)[\w-]{16,}")
+    A token is 43 characters of [A-Za-z0-9_-]; a mangled private link can carry it after
+    `#`, `%23`, `?`, `&`, `/`, `token=`, partly percent-encoded, or doubly encoded. So any run of
+    16 or more token characters (a percent-escape of one counts as one) is redacted, whatever
+    precedes it. Paths of this app have no such run; the line is never decoded (so `%0A` stays text).
+    """
+
+    _unit = r"(?:[A-Za-z0-9_-]|%(?:3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|2[Dd]|5[Ff]))"
+    pattern = re.compile(rf"{_unit}{{16,}}")
+
+    def _redact(self, value):
+        return self.pattern.sub("[redacted]", value) if isinstance(value, str) else value
 
     def filter(self, record):
-        record.msg = self.pattern.sub(r"\1[redacted]", str(record.msg))
-        if record.args:
-            record.args = tuple(self.pattern.sub(r"\1[redacted]", a) if isinstance(a, str) else a
-                                for a in record.args)
+        record.msg = self._redact(str(record.msg))
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._redact(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self._redact(v) for k, v in record.args.items()}
         return True
 
 
