@@ -37,7 +37,11 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("add-annotator", parents=[db], help="create an annotator and print their private link")
     p.add_argument("name")
-    p.add_argument("--admin", action="store_true", help="an admin account: sees the statistics page, labels nothing")
+    role = p.add_mutually_exclusive_group()
+    role.add_argument("--admin", dest="role", action="store_const", const="admin",
+                      help="an admin account: sees the statistics page, labels nothing")
+    role.add_argument("--annotator", dest="role", action="store_const", const="annotator",
+                      help="with --new-token: make an existing admin account an annotator again")
     p.add_argument("--new-token", action="store_true", help="replace the token (and link) of an existing account")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="base URL the server is reached at")
     p.set_defaults(func=cmd_add_annotator)
@@ -73,9 +77,9 @@ def cmd_import(args) -> int:
 def cmd_add_annotator(args) -> int:
     if not re.fullmatch(r"[\w.@+-]{1,100}", args.name):
         raise UserError(f"name {args.name!r}: use 1-100 letters, digits or . _ @ + -")
-    token = _store(args).add_annotator(args.name, "admin" if args.admin else "annotator", args.new_token)
-    kind = "admin" if args.admin else "annotator"
-    print(f"{kind} {args.name}: private link (share only with them; it is shown once):")
+    store = _store(args)
+    token = store.add_annotator(args.name, args.role, args.new_token)  # role None: an existing account keeps its own
+    print(f"{store.annotator(args.name).role} {args.name}: private link (share only with them; it is shown once):")
     print(f"{args.url.rstrip('/')}/login#{token}")
     return 0
 

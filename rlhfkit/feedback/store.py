@@ -1,29 +1,45 @@
 """Storage of prompts, completions, annotators, assignments and labels (SQLAlchemy).
 
-SQLite (WAL mode, every write transaction BEGIN IMMEDIATE so concurrent
-writers queue instead of failing) by default; PostgreSQL by URL. Each label is
-committed before the request returns. Races between annotators are settled by
-unique constraints, not by locks, so the same code is correct on both:
+SQLite (WAL mode) by default; PostgreSQL by URL. Each label is committed before
+the request returns. Transactions are short and of two kinds:
+
+- reads (token lookup, progress, the search for an item to hand out, statistics)
+  run in plain transactions: on SQLite a deferred BEGIN, which under WAL never
+  waits for a writer and never blocks one;
+- writes (a claim, a label, a chunk of an import) are `Store.write()`: on SQLite
+  BEGIN IMMEDIATE (the write lock up front, so a read-then-write transaction
+  queues instead of failing half-way) behind a per-process lock, so this
+  process's writers queue in turn instead of polling SQLite's busy handler.
+
+Races between annotators are settled by unique constraints and row locks, so the
+same code is correct on both databases:
 
 - labels:      unique (item, annotator): nobody ranks an item twice;
 - assignments: unique (item, annotator) and unique (item, slot) with slot < K:
-               at most K annotators hold an item, so each item gets K labels.
+               at most K annotators hold an item, so each item gets K labels;
+- a submit locks its assignment (SELECT ... FOR UPDATE on PostgreSQL; SQLite
+  writers are serialized), so a rival taking over an idle slot either waits
+  for the label or finds the slot gone, never a half-deleted row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, delete, event, exists, func, or_, select)
+from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, case,
+                        create_engine, delete, event, exists, func, insert, or_, select, union, update)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 from rlhfkit.errors import UserError
 
@@ -137,11 +153,20 @@ def make_engine(url: str):
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        # IMMEDIATE takes the write lock up front: a deferred read that later
-        # writes can fail with "database is locked" instead of waiting.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writes take the write lock up front (IMMEDIATE): a deferred transaction that reads and
+        # then writes can fail with "database is locked" instead of waiting. Reads stay deferred:
+        # under WAL they see a snapshot and neither wait for nor block the writer.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
     return engine
+
+
+WRITE = "rlhfkit_write"  # execution option of the connections `Store.write()` uses
+
+
+def item_key(prompt, completions) -> str:
+    """Content hash of an imported row: importing the same row again adds nothing."""
+    return hashlib.sha256(json.dumps([prompt, completions], sort_keys=True).encode()).hexdigest()
 
 
 class Store:
@@ -153,94 +178,212 @@ class Store:
         except OperationalError as e:
             raise UserError(f"cannot open database {safe_url(url)}: {e.orig}; check the URL and that "
                             "the server is running") from None
-        self.session = sessionmaker(self.engine, expire_on_commit=False)
+        self.sqlite = self.engine.dialect.name == "sqlite"
+        # `session` is for writes (on SQLite each of its transactions is BEGIN IMMEDIATE);
+        # `read_session` for reads. Prefer `write()` / `read()`, which also take the process's write lock.
+        self.session = sessionmaker(self.engine.execution_options(**{WRITE: True}), expire_on_commit=False)
+        self.read_session = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = threading.Lock() if self.sqlite else contextlib.nullcontext()
 
     def close(self):
         self.engine.dispose()
 
+    @contextlib.contextmanager
+    def write(self):
+        """A write transaction, committed on leaving (rolled back on an exception)."""
+        with self._write_lock, self.session.begin() as s:
+            yield s
+
+    @contextlib.contextmanager
+    def read(self):
+        """A read-only transaction (a snapshot; on SQLite it takes no lock)."""
+        with self.read_session() as s:
+            yield s
+
     # ------------------------------------------------------------ setup
 
-    def import_items(self, rows) -> tuple[int, int]:
-        """Add (prompt, completions, meta) rows; returns (added, already present)."""
+    def import_items(self, rows, chunk: int = 500, pause: float | None = None) -> tuple[int, int]:
+        """Add (prompt, completions, meta) rows; returns (added, already present).
+
+        Rows go in chunks of `chunk`, each its own short write transaction, so that a server
+        running on the same database keeps answering: SQLite has one writer at a time, and one
+        long import transaction would hold it for as long as the import takes. After each chunk
+        on SQLite the import pauses (by default as long as the chunk took) to let waiting writers
+        in. An interrupted import is finished by running it again: stored rows are skipped.
+        """
+        if pause is None:
+            pause = -1.0 if self.sqlite else 0.0  # -1: as long as the chunk took
         added = present = 0
-        with self.session.begin() as s:
-            for prompt, completions, meta in rows:
-                key = hashlib.sha256(json.dumps([prompt, completions], sort_keys=True).encode()).hexdigest()
-                if s.scalar(select(Item.id).where(Item.key == key)) is not None:
-                    present += 1
-                    continue
-                item = Item(key=key, prompt=prompt, meta=meta)
-                item.completions = [Completion(position=i, text=t) for i, t in enumerate(completions)]
-                s.add(item)
-                added += 1
+        seen: set[str] = set()
+        batch: list[tuple] = []
+
+        def flush():
+            nonlocal added, present
+            t0 = time.monotonic()
+            a = self._import_chunk(batch)
+            added, present = added + a, present + len(batch) - a
+            batch.clear()
+            wait = time.monotonic() - t0 if pause < 0 else pause
+            if wait > 0:
+                time.sleep(min(wait, 1.0))
+
+        for prompt, completions, meta in rows:
+            key = item_key(prompt, completions)
+            if key in seen:  # the same row twice in one file
+                present += 1
+                continue
+            seen.add(key)
+            batch.append((key, prompt, completions, meta))
+            if len(batch) >= chunk:
+                flush()
+        if batch:
+            flush()
         return added, present
 
-    def add_annotator(self, name: str, role: str = "annotator", new_token: bool = False) -> str:
-        """Create an account (or give an existing one a new token); returns the token, shown once."""
+    def _import_chunk(self, batch) -> int:
+        """Insert the rows of `batch` not stored yet, in one transaction; returns how many were new."""
+        for attempt in range(10):
+            try:
+                with self.write() as s:
+                    stored = set(s.scalars(select(Item.key).where(Item.key.in_([b[0] for b in batch]))))
+                    new = [b for b in batch if b[0] not in stored]
+                    if new:
+                        now = utcnow()
+                        ids = s.execute(insert(Item).returning(Item.id, sort_by_parameter_order=True),
+                                        [{"key": k, "prompt": p, "meta": m, "created_at": now}
+                                         for k, p, _, m in new]).scalars().all()
+                        s.execute(insert(Completion), [{"item_id": i, "position": pos, "text": t}
+                                                       for i, (_, _, comps, _) in zip(ids, new)
+                                                       for pos, t in enumerate(comps)])
+                return len(new)
+            except IntegrityError:
+                continue  # a concurrent import stored some of these rows first: look again
+            except OperationalError as e:
+                if not self.sqlite or "locked" not in str(e.orig) or attempt == 9:
+                    raise
+                time.sleep(0.5)  # the server kept the write lock past the busy timeout: try the chunk again
+        raise RuntimeError("import chunk kept conflicting with a concurrent import")
+
+    def add_annotator(self, name: str, role: str | None = None, new_token: bool = False) -> str:
+        """Create an account (or give an existing one a new token); returns the token, shown once.
+
+        role: "annotator" or "admin"; None keeps an existing account's role (a new one is an
+        annotator). An account made admin gives back the items it held, since admins label nothing.
+        """
+        if role not in (None, "annotator", "admin"):
+            raise ValueError(f"unknown role {role!r}")
         token = secrets.token_urlsafe(32)
-        with self.session.begin() as s:
+        with self.write() as s:
             who = s.scalar(select(Annotator).where(Annotator.name == name))
             if who is not None and not new_token:
-                raise UserError(f"annotator {name!r} already exists; pass --new-token to replace their link")
+                raise UserError(f"annotator {name!r} already exists ({who.role}); pass --new-token to replace "
+                                "their link" + (" and set the role" if role not in (None, who.role) else ""))
             if who is None:
-                s.add(Annotator(name=name, role=role, token_hash=hash_token(token)))
+                s.add(Annotator(name=name, role=role or "annotator", token_hash=hash_token(token)))
             else:
                 who.token_hash = hash_token(token)
+                if role is not None and role != who.role:
+                    who.role = role
+                    if role == "admin":
+                        s.execute(delete(Assignment).where(Assignment.annotator_id == who.id,
+                                                           Assignment.done.is_(False)))
         return token
 
+    def annotator(self, name: str) -> Who | None:
+        with self.read() as s:
+            a = s.scalar(select(Annotator).where(Annotator.name == name))
+            return Who(a.id, a.name, a.role) if a else None
+
     def authenticate(self, token: str) -> Who | None:
-        with self.session() as s:
+        with self.read() as s:
             a = s.scalar(select(Annotator).where(Annotator.token_hash == hash_token(token)))
             return Who(a.id, a.name, a.role) if a else None
 
     # ------------------------------------------------------------ assignment
 
     def next_item(self, who: Who, per_item: int, lease: timedelta) -> dict | None:
-        """The item this annotator holds, or a newly claimed one; None when nothing is left."""
-        for _attempt in range(50):  # bounded: each failed claim means someone else just took a slot
-            with self.session.begin() as s:
-                held = s.scalar(select(Assignment.item_id).where(
-                    Assignment.annotator_id == who.id, Assignment.done.is_(False)).order_by(Assignment.id))
-                if held is not None:
-                    return self._view(s, who, held)
-                cutoff = utcnow() - lease
-                query = self._candidates(who, per_item, cutoff).limit(1)
-                # On PostgreSQL, SKIP LOCKED sends concurrent annotators to different items
-                # instead of queueing them on one slot (SQLite writers are serialized anyway);
-                # only when every candidate is locked do we queue on one, so "none" means none.
-                # (NO KEY UPDATE: a plain FOR UPDATE would also block the foreign-key check of a
-                # queued claim on the same item, a deadlock.)
-                candidate = s.scalar(query.with_for_update(skip_locked=True, key_share=True, of=Item))
-                if candidate is None:
-                    candidate = s.scalar(query)
-                if candidate is None:
+        """The item this annotator holds, or a newly claimed one; None when nothing is left.
+
+        Reopening a held item renews its lease (whoever has it open is working on it); to keep
+        reloads cheap the renewal is written only once a tenth of the lease has passed.
+        """
+        renew_after = utcnow() - lease / 10
+        with self.read() as s:  # the common case, a reload: no write at all
+            held = self._held(s, who)
+            if held is not None and held.assigned_at > renew_after:
+                return self._view(s, who, held.item_id)
+        for _attempt in range(50):  # bounded: each failed round means others just took the candidates
+            cutoff = utcnow() - lease
+            candidates: list[int] = []
+            if held is None:  # the search is a read: it holds no lock while it scans
+                with self.read() as s:
+                    candidates = self._candidates(s, who, per_item, cutoff)
+            with self.write() as s:
+                now_held = self._held(s, who, lock=True)
+                if now_held is not None:
+                    s.execute(update(Assignment).where(Assignment.id == now_held.id).values(assigned_at=utcnow()))
+                    return self._view(s, who, now_held.item_id)
+                if held is None and not candidates:
                     return None
-                try:
-                    with s.begin_nested():
-                        if self._claim(s, who, candidate, per_item, cutoff):
-                            return self._view(s, who, candidate)
-                except IntegrityError:
-                    pass  # lost a race for the slot; try again
+                for item_id in candidates:
+                    try:
+                        with s.begin_nested():
+                            if self._claim(s, who, item_id, per_item, cutoff):
+                                return self._view(s, who, item_id)
+                    except IntegrityError:
+                        pass  # lost a race for the slot (PostgreSQL); try the next candidate
+            held = None  # (a held item that vanished was taken over after its lease: search instead)
         raise RuntimeError("could not claim an item after 50 attempts")
 
     @staticmethod
-    def _active(cutoff):
-        """Number of assignments that count against an item's K: done, or held within the lease."""
-        return (select(func.count()).select_from(Assignment)
-                .where(Assignment.item_id == Item.id, or_(Assignment.done.is_(True), Assignment.assigned_at > cutoff))
-                .scalar_subquery())
+    def _held(s: Session, who: Who, lock: bool = False):
+        q = (select(Assignment.id, Assignment.item_id, Assignment.assigned_at)
+             .where(Assignment.annotator_id == who.id, Assignment.done.is_(False)).order_by(Assignment.id).limit(1))
+        return s.execute(q.with_for_update() if lock else q).first()
 
-    def _candidates(self, who: Who, per_item: int, cutoff):
-        active = self._active(cutoff)
-        mine = or_(exists().where(Label.item_id == Item.id, Label.annotator_id == who.id),
-                   exists().where(Assignment.item_id == Item.id, Assignment.annotator_id == who.id))
-        # Fullest items first, so items reach K labels (and exportable agreement) early.
-        return select(Item.id).where(~mine, active < per_item).order_by(active.desc(), Item.id)
+    @staticmethod
+    def _active(cutoff):
+        """1 for an assignment that counts against an item's K (done, or held within the lease), else 0."""
+        return case((or_(Assignment.done.is_(True), Assignment.assigned_at > cutoff), 1), else_=0)
+
+    def _in_play(self, who: Who, cutoff):
+        """Items with assignments, none of them this annotator's: (item_id, active) per item."""
+        return (select(Assignment.item_id.label("item_id"), func.sum(self._active(cutoff)).label("active"))
+                .group_by(Assignment.item_id)
+                .having(func.sum(case((Assignment.annotator_id == who.id, 1), else_=0)) == 0))
+
+    def _candidates(self, s: Session, who: Who, per_item: int, cutoff, limit: int = 8) -> list[int]:
+        """Up to `limit` items this annotator could claim, best first: the fullest, then the oldest.
+
+        Cost grows with the number of assignments (labels), not of items: items in play come from
+        one aggregate over assignments, untouched items from an index walk in id order.
+        """
+        g = self._in_play(who, cutoff).subquery()
+        my_label = exists().where(Label.item_id == g.c.item_id, Label.annotator_id == who.id)
+        in_play = s.execute(select(g.c.item_id, g.c.active).where(g.c.active < per_item, ~my_label)
+                            .order_by(g.c.active.desc(), g.c.item_id).limit(limit)).all()
+        untouched = s.scalars(select(Item.id).where(
+            ~exists().where(Assignment.item_id == Item.id),
+            ~exists().where(Label.item_id == Item.id, Label.annotator_id == who.id)).order_by(Item.id).limit(limit))
+        ranked = sorted([(-int(active), item_id) for item_id, active in in_play] + [(0, i) for i in untouched])
+        return [item_id for _, item_id in ranked[:limit]]
 
     @staticmethod
     def _claim(s: Session, who: Who, item_id: int, per_item: int, cutoff) -> bool:
-        rows = s.execute(select(Assignment.id, Assignment.slot, Assignment.done, Assignment.assigned_at)
-                         .where(Assignment.item_id == item_id)).all()
+        """Take a slot of the item if it is still free for this annotator (inside a write transaction)."""
+        # PostgreSQL: lock the item so rival claims go elsewhere (SKIP LOCKED) instead of queueing;
+        # NO KEY UPDATE, so a label's foreign-key check on the item is not blocked. SQLite: no-op.
+        if s.scalar(select(Item.id).where(Item.id == item_id)
+                    .with_for_update(skip_locked=True, key_share=True)) is None:
+            return False
+        if s.scalar(select(Label.id).where(Label.item_id == item_id, Label.annotator_id == who.id)) is not None:
+            return False  # skipped (or labelled) by this annotator before
+        rows = s.execute(select(Assignment.id, Assignment.annotator_id, Assignment.slot, Assignment.done,
+                                Assignment.assigned_at).where(Assignment.item_id == item_id)).all()
+        if any(r.annotator_id == who.id for r in rows):
+            return False
+        if sum(r.done or r.assigned_at > cutoff for r in rows) >= per_item:
+            return False
         free = [k for k in range(per_item) if k not in {r.slot for r in rows}]
         if free:
             slot = free[0]
@@ -269,12 +412,15 @@ class Store:
         if kind not in KINDS:
             raise ValueError(f"unknown action {kind!r}; use one of {', '.join(KINDS)}")
         try:
-            with self.session.begin() as s:
+            with self.write() as s:
                 if s.scalar(select(Label.id).where(Label.item_id == item_id, Label.annotator_id == who.id)):
                     raise AlreadyLabelled()
+                # FOR UPDATE (PostgreSQL): a rival taking over this slot after the lease waits for
+                # this transaction, then finds the assignment done; or it deleted the row first, and
+                # this finds nothing. Either way no half-deleted row (StaleDataError) reaches us.
                 held = s.scalar(select(Assignment).where(Assignment.item_id == item_id,
-                                                         Assignment.annotator_id == who.id))
-                if held is None:
+                                                         Assignment.annotator_id == who.id).with_for_update())
+                if held is None or held.done:
                     raise NotAssigned()
                 positions = {c.id: c.position for c in s.get(Item, item_id).completions}
                 ranks = None
@@ -289,25 +435,34 @@ class Store:
                 s.add(Label(item_id=item_id, annotator_id=who.id, kind=kind, ranks=ranks))
         except IntegrityError:
             raise AlreadyLabelled() from None  # a concurrent duplicate of the same submit
+        except StaleDataError:
+            raise NotAssigned() from None  # the assignment vanished under us: it is not this annotator's now
 
     def progress(self, who: Who, per_item: int, lease: timedelta) -> dict:
-        with self.session() as s:
+        """{"done": labels given, "total": done + held + items still open to this annotator}."""
+        cutoff = utcnow() - lease
+        with self.read() as s:
             done = s.scalar(select(func.count()).select_from(Label).where(Label.annotator_id == who.id))
             held = s.scalar(select(func.count()).select_from(Assignment).where(
                 Assignment.annotator_id == who.id, Assignment.done.is_(False)))
-            cutoff = utcnow() - lease
-            open_ = s.scalar(select(func.count()).select_from(self._candidates(who, per_item, cutoff).subquery()))
-        return {"done": done, "total": done + held + open_}
+            items = s.scalar(select(func.count()).select_from(Item))
+            mine = union(select(Label.item_id).where(Label.annotator_id == who.id),
+                         select(Assignment.item_id).where(Assignment.annotator_id == who.id)).subquery()
+            n_mine = s.scalar(select(func.count()).select_from(mine))
+            g = self._in_play(who, cutoff).subquery()
+            full = s.scalar(select(func.count()).select_from(g).where(
+                g.c.active >= per_item, ~exists().where(Label.item_id == g.c.item_id, Label.annotator_id == who.id)))
+        return {"done": done, "total": done + held + items - n_mine - full}
 
     def my_labels(self, who: Who) -> list[dict]:
-        with self.session() as s:
+        with self.read() as s:
             rows = s.scalars(select(Label).where(Label.annotator_id == who.id).order_by(Label.id))
             return [{"item_id": r.item_id, "action": r.kind, "ranks": r.ranks,
                      "created_at": r.created_at.isoformat() + "Z"} for r in rows]
 
     def all_labels(self) -> list[dict]:
         """Every label with its item and annotator, for export and statistics."""
-        with self.session() as s:
+        with self.read() as s:
             q = (select(Label, Annotator.name, Item).join(Annotator, Label.annotator_id == Annotator.id)
                  .join(Item, Label.item_id == Item.id).order_by(Label.item_id, Annotator.name))
             return [{"item_id": item.id, "annotator": name, "kind": lab.kind, "ranks": lab.ranks,
@@ -316,7 +471,7 @@ class Store:
                     for lab, name, item in s.execute(q)]
 
     def counts(self, per_item: int) -> dict:
-        with self.session() as s:
+        with self.read() as s:
             n_items = s.scalar(select(func.count()).select_from(Item))
             done_per_item = (select(Label.item_id, func.count().label("n")).where(Label.kind != "skip")
                              .group_by(Label.item_id).subquery())

@@ -127,3 +127,30 @@ def test_register_fits_the_main_cli_label_group():
                  ["export", "--format", "pairs", "--out", "o.jsonl"], ["stats"]):
         args = parser.parse_args(["label", *argv])
         assert callable(args.func) and args.db == "sqlite:///feedback.db", argv
+
+
+def _link_token(out: str) -> str:
+    return out.strip().splitlines()[-1].rsplit("#", 1)[1]
+
+
+def test_add_annotator_new_token_sets_the_role_it_prints(db_url, capsys):
+    assert main(["add-annotator", "lee", "--db", db_url]) == 0
+    first = _link_token(capsys.readouterr().out)
+    assert main(["add-annotator", "lee", "--admin", "--new-token", "--db", db_url]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("admin lee:")
+    store = Store(db_url)
+    try:
+        assert store.authenticate(first) is None
+        assert store.authenticate(_link_token(out)).role == "admin"
+        # A new link alone keeps the role; --annotator makes the account an annotator again.
+        assert main(["add-annotator", "lee", "--new-token", "--db", db_url]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("admin lee:") and store.authenticate(_link_token(out)).role == "admin"
+        assert main(["add-annotator", "lee", "--annotator", "--new-token", "--db", db_url]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("annotator lee:") and store.authenticate(_link_token(out)).role == "annotator"
+    finally:
+        store.close()
+    assert main(["add-annotator", "lee", "--admin", "--db", db_url]) == 2  # an existing name needs --new-token
+    assert "--new-token" in capsys.readouterr().err

@@ -151,3 +151,13 @@ def test_unreachable_database_is_a_user_error(tmp_path):
         Store("not a url")
     with pytest.raises(UserError, match="cannot open database"):
         Store(f"sqlite:///{tmp_path}/missing/dir/x.db")
+
+
+def test_promotion_to_admin_sets_the_role_and_frees_held_items(store):
+    add_items(store, 1)
+    alice, bob = people(store, "alice", "bob")
+    item = store.next_item(alice, 1, HOUR)
+    assert store.next_item(bob, 1, HOUR) is None  # alice holds the only slot
+    token = store.add_annotator("alice", role="admin", new_token=True)
+    assert store.authenticate(token).role == "admin"
+    assert store.next_item(bob, 1, HOUR)["id"] == item["id"]  # an admin labels nothing: the slot is free
