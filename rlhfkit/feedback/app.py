@@ -198,7 +198,10 @@ def create_app(store: Store, settings: Settings | None = None) -> FastAPI:
     @app.get("/api/next")
     def next_item(w: Who = Depends(annotator)):
         item = store.next_item(w, settings.per_item, settings.lease)
-        return {"item": item, "progress": store.progress(w, settings.per_item, settings.lease)}
+        # lease_seconds: how long an item may lie untouched before it can go to someone else;
+        # the page renews it on activity after a long pause and says so if it was lost.
+        return {"item": item, "progress": store.progress(w, settings.per_item, settings.lease),
+                "lease_seconds": settings.lease.total_seconds()}
 
     @app.post("/api/labels")
     def submit(body: Submission, w: Who = Depends(annotator)):
@@ -207,7 +210,10 @@ def create_app(store: Store, settings: Settings | None = None) -> FastAPI:
         except AlreadyLabelled:
             raise HTTPException(409, "you already labelled this item") from None
         except NotAssigned:
-            raise HTTPException(403, "this item is not assigned to you (or was reassigned after lying idle)") from None
+            minutes = settings.lease.total_seconds() / 60
+            return JSONResponse({"error": "this item is not assigned to you (or no longer: it lay untouched for "
+                                 f"more than {minutes:g} minutes and went to someone else)",
+                                 "code": "not_assigned"}, status_code=403)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
         return {"ok": True, "progress": store.progress(w, settings.per_item, settings.lease)}
