@@ -17,7 +17,10 @@ Export policy (also written into every summary):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
 from pathlib import Path
 
 from rlhfkit import data
@@ -89,11 +92,53 @@ def export(store, fmt: str, out, raw=None, summary_path=None) -> dict:
         raise UserError("--out, --raw and --summary must be three different files")
     labels = store.all_labels()
     rows = rankings_rows(labels) if fmt == "rankings" else pairs_rows(labels)
-    data.write_jsonl(out, rows)
-    data.write_jsonl(raw, [{"item_id": lab["item_id"], "annotator": lab["annotator"], "label": lab["kind"],
-                            "prompt": lab["prompt"], "completions": lab["completions"], "ranks": lab["ranks"],
-                            "meta": lab["meta"], "created_at": lab["created_at"]} for lab in labels])
+    raw_rows = [{"item_id": lab["item_id"], "annotator": lab["annotator"], "label": lab["kind"],
+                 "prompt": lab["prompt"], "completions": lab["completions"], "ranks": lab["ranks"],
+                 "meta": lab["meta"], "created_at": lab["created_at"]} for lab in labels]
     result = {"format": fmt, "rows": len(rows), "out": str(out), "raw": str(raw), **summary(labels),
               "policy": POLICY}
-    summary_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomically([(out, _jsonl(rows)), (raw, _jsonl(raw_rows)),
+                      (summary_path, lambda f: f.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n"))])
     return result
+
+
+def _jsonl(records):
+    def write(f):
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return write
+
+
+def write_atomically(files) -> None:
+    """Write each (path, write(f)) to a temporary file beside it, then rename them all into place.
+
+    Nothing is renamed until every file is written and on disk (fsync), so an export killed or
+    failing midway leaves the previous files whole, never a truncated one that a loader would read
+    without complaint. The renames come last, in order (the summary, which describes the others,
+    last); each is atomic. A failure removes the temporary files; a kill -9 may leave one behind,
+    named .NAME.XXXXXXXX.tmp.
+    """
+    temps: list[Path] = []
+    try:
+        for path, write in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            temps.append(tmp)
+            with open(tmp, "x", encoding="utf-8") as f:  # "x": a new file, with the umask's permissions
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        for (path, _), tmp in zip(files, temps):
+            os.replace(tmp, path)
+        for folder in {path.parent for path, _ in files}:  # make the renames themselves durable
+            with contextlib.suppress(OSError):
+                fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    except BaseException:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
