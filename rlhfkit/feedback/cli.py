@@ -67,10 +67,13 @@ def _store(args):
 def cmd_import(args) -> int:
     from rlhfkit.feedback.export import read_generated
 
-    rows = read_generated(args.path)
+    notes: list[str] = []
+    rows = read_generated(args.path, notes)  # the whole file is checked before anything is written
     store = _store(args)
     added, present = store.import_items(rows)
     print(f"imported {added} items from {args.path} ({present} already present, skipped)")
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 

@@ -36,9 +36,16 @@ POLICY = {
 }
 
 
-def read_generated(path) -> list[tuple[object, list[str], dict]]:
-    """(prompt, completions, extra keys) per row of a `rlhfkit generate` output file."""
-    rows = []
+def read_generated(path, notes: list[str] | None = None) -> list[tuple[object, list[str], dict]]:
+    """(prompt, completions, extra keys) per row of a `rlhfkit generate` output file.
+
+    Validation is the shared one of `rlhfkit.data` (UTF-8, no NUL, no text that shows as nothing),
+    plus what ranking needs: completions that look the same (equal but for surrounding whitespace
+    or zero-width characters) are merged into the first of them, since a pair of them could only
+    be a tie or a pair that `rlhfkit reward` refuses; each merge is said in `notes`. A row left
+    with fewer than 2 different completions is an error.
+    """
+    rows, merged = [], []
     for row, prompt, completions, extra in data.load_completions(path):
         if len(completions) < 2:
             raise DataError(path, row, "completions", "expected a list of at least 2 completions to rank "
@@ -46,7 +53,24 @@ def read_generated(path) -> list[tuple[object, list[str], dict]]:
         completions = [data.parse_text(path, row, f"completions[{i}]", c) for i, c in enumerate(completions)]
         if "ranks" in extra:
             raise DataError(path, row, "ranks", "this row is already ranked; import takes unranked generate output")
-        rows.append((prompt, completions, extra))
+        first: dict[str, str] = {}
+        for c in completions:
+            first.setdefault(data.text_key(c), c)
+        distinct = list(first.values())
+        if len(distinct) < 2:
+            raise DataError(path, row, "completions", f"all {len(completions)} completions are identical; there is "
+                            "nothing to rank (sample more, or at a higher temperature, or leave the row out)")
+        if len(distinct) < len(completions):
+            merged.append((row, len(completions) - len(distinct)))
+        try:
+            json.dumps(extra, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError) as e:
+            raise DataError(path, row, None, f"extra columns cannot be stored as JSON text ({e})") from None
+        rows.append((prompt, distinct, extra))
+    if merged and notes is not None:
+        where = ", ".join(f"row {r}" for r, _ in merged[:10]) + (f" and {len(merged) - 10} more" if len(merged) > 10 else "")
+        notes.append(f"{sum(n for _, n in merged)} duplicate completions merged into an identical one in "
+                     f"{len(merged)} rows ({where}); they show as one card")
     return rows
 
 
