@@ -94,3 +94,43 @@ def test_a_big_import_lets_the_server_write_between_its_chunks(tmp_path):
     assert result["counts"] == (6000, 0)
     assert len(latencies) >= 5, latencies  # the server kept labelling while the import ran...
     assert max(latencies) < 2.0, max(latencies)  # ...without waiting for the whole import
+
+
+def test_the_documented_online_backup_is_consistent_while_the_server_writes(tmp_path):
+    """docs/feedback.md: `sqlite3.connect(DB).backup(sqlite3.connect(COPY))` while serving."""
+    url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    store = Store(url)
+    add_items(store, 300)
+    token = store.add_annotator("alice")
+    client = TestClient(create_app(store))
+    stop = threading.Event()
+
+    def label():
+        while not stop.is_set():
+            item = client.get("/api/next", headers=bearer(token)).json()["item"]
+            if item is None:
+                return
+            client.post("/api/labels", json={"item_id": item["id"], "action": "skip"}, headers=bearer(token))
+
+    writer = threading.Thread(target=label)
+    writer.start()
+    try:
+        time.sleep(0.3)
+        for i in range(3):
+            copy = tmp_path / f"backup{i}.db"
+            src, dst = sqlite3.connect(tmp_path / "feedback.db"), sqlite3.connect(copy)
+            src.backup(dst)
+            src.close()
+            assert dst.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            n_labels = dst.execute("select count(*) from labels").fetchone()[0]
+            dst.close()
+            backup = Store(f"sqlite:///{copy}")
+            try:
+                assert len(backup.all_labels()) == n_labels and backup.counts(1)["items"] == 300
+            finally:
+                backup.close()
+    finally:
+        stop.set()
+        writer.join(30)
+        client.close()
+        store.close()
