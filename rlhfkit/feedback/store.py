@@ -199,6 +199,12 @@ def safe_url(url: str) -> str:
         return "<unparsable URL>"
 
 
+# Connections kept open: about one per concurrently served request (the server runs up to 40 at
+# once), so that a busy server does not open and close a PostgreSQL connection (a SCRAM handshake
+# and a backend process) per request, as overflow connections beyond the pool are.
+POOL = 20
+
+
 def make_engine(url: str):
     try:
         u = make_url(url)
@@ -208,8 +214,8 @@ def make_engine(url: str):
     if u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")  # psycopg 3 is the installed driver
     if u.get_backend_name() != "sqlite":
-        return create_engine(u, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    engine = create_engine(u, pool_size=10, max_overflow=20, connect_args={"timeout": 30})
+        return create_engine(u, pool_pre_ping=True, pool_size=POOL, max_overflow=POOL)
+    engine = create_engine(u, pool_size=POOL, max_overflow=POOL, connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -328,17 +334,17 @@ class Store:
         """Insert the rows of `batch` not stored yet, in one transaction; returns how many were new."""
         for attempt in range(10):
             try:
-                with self.write() as s:
-                    stored = set(s.scalars(select(Item.key).where(Item.key.in_([b[0] for b in batch]))))
+                with self._writing() as c:
+                    stored = set(c.execute(select(Item.key).where(Item.key.in_([b[0] for b in batch]))).scalars())
                     new = [b for b in batch if b[0] not in stored]
                     if new:
                         now = utcnow()
-                        ids = s.execute(insert(Item).returning(Item.id, sort_by_parameter_order=True),
+                        ids = c.execute(insert(Item).returning(Item.id, sort_by_parameter_order=True),
                                         [{"key": k, "prompt": p, "meta": m, "created_at": now}
                                          for k, p, _, m in new]).scalars().all()
                         # RETURNING makes SQLAlchemy batch the rows into multi-row INSERTs on PostgreSQL
                         # (psycopg's executemany would send one statement per completion).
-                        s.execute(insert(Completion) if self.sqlite else insert(Completion).returning(Completion.id),
+                        c.execute(insert(Completion) if self.sqlite else insert(Completion).returning(Completion.id),
                                   [{"item_id": i, "position": pos, "text": t}
                                    for i, (_, _, comps, _) in zip(ids, new) for pos, t in enumerate(comps)])
                 return len(new)
