@@ -142,6 +142,7 @@ def _prebuilt():
         # PostgreSQL: lock the item so that rival claims go elsewhere (SKIP LOCKED) instead of
         # queueing; NO KEY UPDATE, so a label's foreign-key check on the item is not blocked.
         "lock_item": select(Item.id).where(Item.id == item).with_for_update(skip_locked=True, key_share=True),
+        "lock_item_wait": select(Item.id).where(Item.id == item).with_for_update(key_share=True),
         "my_label": select(Label.id).where(Label.item_id == item, Label.annotator_id == me),
         "slots": select(Assignment.id, Assignment.annotator_id, Assignment.slot, Assignment.done,
                         Assignment.assigned_at).where(Assignment.item_id == item),
@@ -404,10 +405,15 @@ class Store:
             held = c.execute(q["held"], me).first()
             if held is not None and held.assigned_at > utcnow() - lease / 10:
                 return self._view(c, who, held.item_id)
-            candidates = [] if held is not None else self._candidates(c, who, per_item, utcnow() - lease)
-        for attempt in range(50):  # bounded: each failed round means others just took the candidates
+            # (held but due for renewal: no search yet; if the item went meanwhile, search below)
+            candidates = None if held is not None else self._candidates(c, who, per_item, utcnow() - lease)
+        for attempt in range(50):  # bounded; from the third round on, each round makes progress
             cutoff = utcnow() - lease
-            if attempt and held is None:
+            # The first rounds search outside the write lock and, on PostgreSQL, skip items that rival
+            # claims hold locked. After two lost rounds: search under the write lock (on SQLite a
+            # view nobody can change under us) and wait for the best item's lock instead of skipping.
+            careful = attempt >= 2
+            if attempt and not careful:
                 with self._reading() as c:
                     candidates = self._candidates(c, who, per_item, cutoff)
             with self._writing() as c:
@@ -415,16 +421,17 @@ class Store:
                 if now_held is not None:
                     c.execute(q["renew"], {"aid": now_held.id, "now": utcnow()})
                     return self._view(c, who, now_held.item_id)
-                if held is None and not candidates:
+                if careful or candidates is None:
+                    candidates = self._candidates(c, who, per_item, cutoff)[:1 if careful else CANDIDATES]
+                if not candidates:
                     return None
                 for item_id in candidates:
                     try:
                         with c.begin_nested():
-                            if self._claim(c, who, item_id, per_item, cutoff):
+                            if self._claim(c, who, item_id, per_item, cutoff, wait=careful):
                                 return self._view(c, who, item_id)
                     except IntegrityError:
                         pass  # lost a race for the slot (PostgreSQL); try the next candidate
-            held = None  # (a held item that vanished was taken over after its lease: search instead)
         raise RuntimeError("could not claim an item after 50 attempts")
 
     def _candidates(self, c, who: Who, per_item: int, cutoff) -> list[int]:
@@ -435,11 +442,15 @@ class Store:
         ranked = sorted([(-int(active), item_id) for item_id, active in in_play] + [(0, i) for i in untouched])
         return [item_id for _, item_id in ranked[:CANDIDATES]]
 
-    def _claim(self, c, who: Who, item_id: int, per_item: int, cutoff) -> bool:
-        """Take a slot of the item if it is still free for this annotator (inside a write transaction)."""
+    def _claim(self, c, who: Who, item_id: int, per_item: int, cutoff, wait: bool = False) -> bool:
+        """Take a slot of the item if it is still free for this annotator (inside a write transaction).
+
+        wait: wait for a rival claim's lock on the item (PostgreSQL) instead of passing it by. Only
+        with a single candidate, so that a waiting claim holds no other item's lock (no deadlock).
+        """
         q, params = self.q, {"me": who.id, "item": item_id}
-        if c.execute(q["lock_item"], params).first() is None:
-            return False  # locked by a rival claim (PostgreSQL): try the next candidate
+        if c.execute(q["lock_item_wait" if wait else "lock_item"], params).first() is None:
+            return False  # locked by a rival claim (PostgreSQL), or gone: try the next candidate
         if c.execute(q["my_label"], params).first() is not None:
             return False  # skipped (or labelled) by this annotator before
         rows = c.execute(q["slots"], params).all()

@@ -240,3 +240,37 @@ def test_a_takeover_racing_a_submit_is_a_clean_outcome(store):
         assert labels == [] and bob_got["item"]["id"] == item["id"]
     with store.session() as s:
         assert s.execute(text("select count(*) from assignments")).scalar() == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_claim_waits_for_a_locked_last_item_instead_of_giving_up(db_url):
+    """PostgreSQL: claims skip items a rival claim has locked, but when that goes on past a couple of
+    rounds (the last item, a slow rival) the claim waits for the lock rather than spin and fail."""
+    import threading
+    import time
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("row locks are PostgreSQL's; SQLite serializes writers")
+    store = Store(db_url)
+    try:
+        add_items(store, 1)
+        (alice,) = people(store, "alice")
+        locked, release = threading.Event(), threading.Event()
+
+        def rival():  # a claim in progress on the only item, slow to finish
+            with store.engine.connect() as c:
+                c.execute(text("select id from items where id = 1 for no key update"))
+                locked.set()
+                release.wait(10)
+                c.rollback()
+
+        t = threading.Thread(target=rival)
+        t.start()
+        locked.wait(10)
+        threading.Timer(1.0, release.set).start()
+        t0 = time.monotonic()
+        item = store.next_item(alice, 1, HOUR)
+        assert item is not None and item["id"] == 1 and time.monotonic() - t0 >= 0.9
+        t.join(10)
+    finally:
+        store.close()
