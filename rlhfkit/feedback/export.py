@@ -68,7 +68,8 @@ def read_generated(path, notes: list[str] | None = None) -> list[tuple[object, l
             raise DataError(path, row, None, f"extra columns cannot be stored as JSON text ({e})") from None
         rows.append((prompt, distinct, extra))
     if merged and notes is not None:
-        where = ", ".join(f"row {r}" for r, _ in merged[:10]) + (f" and {len(merged) - 10} more" if len(merged) > 10 else "")
+        where = ", ".join(f"row {r}" for r, _ in merged[:10])
+        where += f" and {len(merged) - 10} more" if len(merged) > 10 else ""
         notes.append(f"{sum(n for _, n in merged)} duplicate completions merged into an identical one in "
                      f"{len(merged)} rows ({where}); they show as one card")
     return rows

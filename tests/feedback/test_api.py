@@ -152,12 +152,12 @@ def test_server_errors_are_json_without_details(env, monkeypatch):
 def test_huge_item_ids_are_a_4xx_not_a_500(env, item_id):
     _, client, tokens = env
     client.get("/api/next", headers=bearer(tokens["alice"]))
-    raw = b'{"item_id": %d, "action": "skip"}' % item_id
-    r = client.post("/api/labels", content=raw, headers={**bearer(tokens["alice"]), "Content-Type": "application/json"})
+    headers = {**bearer(tokens["alice"]), "Content-Type": "application/json"}
+    r = client.post("/api/labels", content=b'{"item_id": %d, "action": "skip"}' % item_id, headers=headers)
     assert 400 <= r.status_code < 500, r.text
     assert isinstance(r.json()["error"], str)
     ranking = b'{"item_id": 1, "action": "rank", "ranking": [[%d], [1], [2]]}' % item_id
-    r = client.post("/api/labels", content=ranking, headers={**bearer(tokens["alice"]), "Content-Type": "application/json"})
+    r = client.post("/api/labels", content=ranking, headers=headers)
     assert 400 <= r.status_code < 500, r.text
 
 

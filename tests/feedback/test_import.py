@@ -116,7 +116,8 @@ def test_other_loaders_share_the_checks(tmp_path):
     with pytest.raises(DataError, match="row 2.*empty text"):
         data.load_prompts(prompts)
     prefs = tmp_path / "prefs.jsonl"
-    prefs.write_bytes(b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p\xe9", "chosen": "a", "rejected": "b"}\n')
+    prefs.write_bytes(b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                      b'{"prompt": "p\xe9", "chosen": "a", "rejected": "b"}\n')
     with pytest.raises(DataError, match="row 2.*not UTF-8"):
         data.load_preferences(prefs)
     rankings = tmp_path / "rankings.json"
