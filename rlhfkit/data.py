@@ -17,7 +17,10 @@ what is wrong. Nothing is dropped silently.
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -56,9 +59,13 @@ def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     if suffix in (".jsonl", ".ndjson"):
         return _read_jsonl(path)
     if suffix == ".json":
-        text = path.read_text(encoding="utf-8")
+        text = _read_utf8(path)
         if text.lstrip().startswith("["):
-            rows = json.loads(text)
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(path, None, None, f"unparsable JSON ({e.msg} at line {e.lineno}, "
+                                f"column {e.colno})") from None
             return [(i, _as_record(path, i, r)) for i, r in enumerate(rows, 1)]
         return _read_jsonl(path)
     if suffix in (".csv", ".tsv"):
@@ -79,10 +86,31 @@ def _as_record(path, row, value) -> dict:
     return value
 
 
+def _not_utf8(path, row, e: UnicodeDecodeError, at: int | None, column: str | None = None) -> DataError:
+    byte = e.object[e.start:e.start + 1].hex()
+    where = "" if at is None else f" at byte {at + 1}"
+    return DataError(path, row, column, f"not UTF-8 text: byte 0x{byte}{where} cannot be decoded (the file looks "
+                     "like Latin-1 or Windows-1252); save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`")
+
+
+def _read_utf8(path: Path) -> str:
+    """The whole file as text; a byte that is not UTF-8 is a DataError naming its line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")  # a leading byte-order mark (as Excel writes) is dropped
+    except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        raise _not_utf8(path, raw.count(b"\n", 0, e.start) + 1, e, e.start - line_start) from None
+
+
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, line_no, e, e.start) from None
             if not line.strip():
                 continue
             try:
@@ -96,10 +124,24 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
 def _read_csv(path: Path, delimiter: str) -> list[tuple[int, dict]]:
     import csv
 
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        # Data rows count from 1 after the header, as a spreadsheet user sees them minus one.
-        return [(i, dict(r)) for i, r in enumerate(reader, 1)]
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        # Name the data row and column: find the first cell holding an undecodable byte.
+        escaped = raw.decode("utf-8-sig", errors="surrogateescape")
+        reader = csv.reader(io.StringIO(escaped, newline=""), delimiter=delimiter)
+        header = None
+        for i, cells in enumerate(reader):
+            header = header or cells
+            bad = [j for j, cell in enumerate(cells) if _SURROGATE.search(cell)]
+            if bad:
+                column = header[bad[0]] if i and bad[0] < len(header) else None
+                raise _not_utf8(path, i or None, e, None, column) from None
+        raise _not_utf8(path, None, e, e.start) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # Data rows count from 1 after the header, as a spreadsheet user sees them minus one.
+    return [(i, dict(r)) for i, r in enumerate(reader, 1)]
 
 
 def _read_datasets_folder(path: Path) -> list[tuple[int, dict]]:
@@ -145,11 +187,34 @@ def maybe_json(value):
     return value
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def is_blank(text: str) -> bool:
+    """True for text that shows as nothing: whitespace, zero-width and other format or control characters."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cf", "Cc") for c in text)
+
+
+def text_key(text: str) -> str:
+    """What a reader sees of a text, for telling whether two texts are the same: no invisible
+    format characters (zero-width spaces, joiners, byte-order marks), no surrounding whitespace."""
+    if text.isascii():
+        return text.strip()
+    return "".join(c for c in text if unicodedata.category(c) != "Cf").strip()
+
+
 def parse_text(path, row, column, value) -> str:
     if not isinstance(value, str):
         raise DataError(path, row, column, f"expected text, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(path, row, column, "empty text")
+    if "\x00" in value:
+        raise DataError(path, row, column, f"contains a NUL character (\\u0000) at position {value.index(chr(0)) + 1}; "
+                        "remove it (PostgreSQL cannot store it and it is never meaningful text)")
+    if _SURROGATE.search(value):
+        raise DataError(path, row, column, "contains an unpaired surrogate (\\ud800-\\udfff), which is not valid "
+                        "Unicode; fix the program that wrote the file")
+    if is_blank(value):
+        raise DataError(path, row, column, "empty text" + ("" if not value.strip() else
+                                                           " (only invisible characters such as zero-width spaces)"))
     return value
 
 

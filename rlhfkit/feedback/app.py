@@ -21,13 +21,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhfkit.feedback.export import summary
@@ -41,6 +41,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
                     (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"),
                     (b"cache-control", b"no-store")]
+INTERNAL_ERROR = "internal server error; see the server log"  # details go to the server log, not to the client
 
 
 @dataclass
@@ -77,12 +78,23 @@ class Guard:
                 raise HTTPException(413, f"request body over the limit of {self.settings.max_body} bytes")
             return message
 
+        started = False
+
         async def secured_send(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
             await send(message)
 
-        await self.app(scope, limited_receive, secured_send)
+        try:
+            await self.app(scope, limited_receive, secured_send)
+        except Exception:
+            # An unhandled error is answered here, inside the guard, so that a 500 carries the
+            # security headers like any other response; re-raised for the server to log it.
+            if not started:
+                await _json(send, 500, INTERNAL_ERROR)
+            raise
 
     def _same_origin(self, origin: str, host: str) -> bool:
         if origin in self.settings.allowed_origins:
@@ -99,11 +111,18 @@ async def _json(send, status: int, message: str):
     await send({"type": "http.response.body", "body": body})
 
 
+# Ids are bounded by the 32-bit INTEGER key columns (PostgreSQL's `integer`); anything outside is a 422,
+# never a value handed to the database driver (SQLite raises OverflowError past 2**63).
+MAX_ID = 2**31 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
 class Submission(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    item_id: int
+    item_id: Id
     action: Literal["rank", "skip", "all_bad"]
-    ranking: list[list[int]] | None = None  # groups of completion ids, best first; a group is a tie
+    # groups of completion ids, best first; a group is a tie
+    ranking: Annotated[list[Annotated[list[Id], Field(max_length=1000)]], Field(max_length=1000)] | None = None
 
 
 def create_app(store: Store, settings: Settings | None = None) -> FastAPI:
@@ -114,12 +133,14 @@ def create_app(store: Store, settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Guard, settings=settings)
 
     def who(request: Request) -> Who:
-        auth = request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+        bearer = _bearer(request)
+        token = bearer or request.cookies.get(COOKIE, "")
         found = store.authenticate(token) if token else None
         if found is None:
             raise HTTPException(401, "missing or unknown token; open your private link again")
-        if request.method not in ("GET", "HEAD") and not auth and "x-requested-with" not in request.headers:
+        # Only a Bearer token proves the request was made by a script holding it; any other
+        # Authorization (e.g. Basic auth added by a proxy) leaves the cookie doing the authenticating.
+        if request.method not in ("GET", "HEAD") and not bearer and "x-requested-with" not in request.headers:
             raise HTTPException(403, "cookie-authenticated writes need the X-Requested-With header")
         return found
 
@@ -139,11 +160,11 @@ def create_app(store: Store, settings: Settings | None = None) -> FastAPI:
 
     @app.post("/api/session")
     def session(request: Request, w: Who = Depends(who)):
-        auth = request.headers.get("authorization", "")
-        if not auth.lower().startswith("bearer "):
+        token = _bearer(request)
+        if not token:
             raise HTTPException(400, "send the token as 'Authorization: Bearer TOKEN' to start a session")
         resp = JSONResponse({"name": w.name, "role": w.role, "next": "/stats" if w.role == "admin" else "/"})
-        resp.set_cookie(COOKIE, auth[7:].strip(), httponly=True, samesite="lax", path="/",
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="lax", path="/",
                         secure=request.url.scheme == "https")
         return resp
 
@@ -177,7 +198,10 @@ def create_app(store: Store, settings: Settings | None = None) -> FastAPI:
     @app.get("/api/next")
     def next_item(w: Who = Depends(annotator)):
         item = store.next_item(w, settings.per_item, settings.lease)
-        return {"item": item, "progress": store.progress(w, settings.per_item, settings.lease)}
+        # lease_seconds: how long an item may lie untouched before it can go to someone else;
+        # the page renews it on activity after a long pause and says so if it was lost.
+        return {"item": item, "progress": store.progress(w, settings.per_item, settings.lease),
+                "lease_seconds": settings.lease.total_seconds()}
 
     @app.post("/api/labels")
     def submit(body: Submission, w: Who = Depends(annotator)):
@@ -186,7 +210,10 @@ def create_app(store: Store, settings: Settings | None = None) -> FastAPI:
         except AlreadyLabelled:
             raise HTTPException(409, "you already labelled this item") from None
         except NotAssigned:
-            raise HTTPException(403, "this item is not assigned to you (or was reassigned after lying idle)") from None
+            minutes = settings.lease.total_seconds() / 60
+            return JSONResponse({"error": "this item is not assigned to you (or no longer: it lay untouched for "
+                                 f"more than {minutes:g} minutes and went to someone else)",
+                                 "code": "not_assigned"}, status_code=403)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
         return {"ok": True, "progress": store.progress(w, settings.per_item, settings.lease)}
@@ -202,14 +229,21 @@ def create_app(store: Store, settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _bearer(request: Request) -> str:
+    """The token of an `Authorization: Bearer TOKEN` header, or ""."""
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def internal_error(request, exc):  # details go to the server log, not to the client
-        return JSONResponse({"error": "internal server error; see the server log"}, status_code=500)
+    async def internal_error(request, exc):  # only reached if the Guard itself failed; it answers the rest
+        return JSONResponse({"error": INTERNAL_ERROR}, status_code=500,
+                            headers={k.decode(): v.decode() for k, v in SECURITY_HEADERS})
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, exc):

@@ -37,7 +37,11 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("add-annotator", parents=[db], help="create an annotator and print their private link")
     p.add_argument("name")
-    p.add_argument("--admin", action="store_true", help="an admin account: sees the statistics page, labels nothing")
+    role = p.add_mutually_exclusive_group()
+    role.add_argument("--admin", dest="role", action="store_const", const="admin",
+                      help="an admin account: sees the statistics page, labels nothing")
+    role.add_argument("--annotator", dest="role", action="store_const", const="annotator",
+                      help="with --new-token: make an existing admin account an annotator again")
     p.add_argument("--new-token", action="store_true", help="replace the token (and link) of an existing account")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="base URL the server is reached at")
     p.set_defaults(func=cmd_add_annotator)
@@ -63,19 +67,22 @@ def _store(args):
 def cmd_import(args) -> int:
     from rlhfkit.feedback.export import read_generated
 
-    rows = read_generated(args.path)
+    notes: list[str] = []
+    rows = read_generated(args.path, notes)  # the whole file is checked before anything is written
     store = _store(args)
     added, present = store.import_items(rows)
     print(f"imported {added} items from {args.path} ({present} already present, skipped)")
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 
 def cmd_add_annotator(args) -> int:
     if not re.fullmatch(r"[\w.@+-]{1,100}", args.name):
         raise UserError(f"name {args.name!r}: use 1-100 letters, digits or . _ @ + -")
-    token = _store(args).add_annotator(args.name, "admin" if args.admin else "annotator", args.new_token)
-    kind = "admin" if args.admin else "annotator"
-    print(f"{kind} {args.name}: private link (share only with them; it is shown once):")
+    store = _store(args)
+    token = store.add_annotator(args.name, args.role, args.new_token)  # role None: an existing account keeps its own
+    print(f"{store.annotator(args.name).role} {args.name}: private link (share only with them; it is shown once):")
     print(f"{args.url.rstrip('/')}/login#{token}")
     return 0
 
@@ -101,15 +108,26 @@ def cmd_stats(args) -> int:
 
 
 class _RedactTokens(logging.Filter):
-    """Defence in depth: tokens travel in headers, but never let one reach a log line."""
+    """Defence in depth: tokens travel in headers, but never let one reach a log line.
 
-    pattern = re.compile(r"(token=|#|Bearer\s+)[\w-]{16,}")
+    A token is 43 characters of [A-Za-z0-9_-]; a mangled private link can carry it after
+    `#`, `%23`, `?`, `&`, `/`, `token=`, partly percent-encoded, or doubly encoded. So any run of
+    16 or more token characters (a percent-escape of one counts as one) is redacted, whatever
+    precedes it. Paths of this app have no such run; the line is never decoded (so `%0A` stays text).
+    """
+
+    _unit = r"(?:[A-Za-z0-9_-]|%(?:3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|2[Dd]|5[Ff]))"
+    pattern = re.compile(rf"{_unit}{{16,}}")
+
+    def _redact(self, value):
+        return self.pattern.sub("[redacted]", value) if isinstance(value, str) else value
 
     def filter(self, record):
-        record.msg = self.pattern.sub(r"\1[redacted]", str(record.msg))
-        if record.args:
-            record.args = tuple(self.pattern.sub(r"\1[redacted]", a) if isinstance(a, str) else a
-                                for a in record.args)
+        record.msg = self._redact(str(record.msg))
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._redact(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self._redact(v) for k, v in record.args.items()}
         return True
 
 

@@ -17,7 +17,10 @@ Export policy (also written into every summary):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
 from pathlib import Path
 
 from rlhfkit import data
@@ -33,9 +36,16 @@ POLICY = {
 }
 
 
-def read_generated(path) -> list[tuple[object, list[str], dict]]:
-    """(prompt, completions, extra keys) per row of a `rlhfkit generate` output file."""
-    rows = []
+def read_generated(path, notes: list[str] | None = None) -> list[tuple[object, list[str], dict]]:
+    """(prompt, completions, extra keys) per row of a `rlhfkit generate` output file.
+
+    Validation is the shared one of `rlhfkit.data` (UTF-8, no NUL, no text that shows as nothing),
+    plus what ranking needs: completions that look the same (equal but for surrounding whitespace
+    or zero-width characters) are merged into the first of them, since a pair of them could only
+    be a tie or a pair that `rlhfkit reward` refuses; each merge is said in `notes`. A row left
+    with fewer than 2 different completions is an error.
+    """
+    rows, merged = [], []
     for row, prompt, completions, extra in data.load_completions(path):
         if len(completions) < 2:
             raise DataError(path, row, "completions", "expected a list of at least 2 completions to rank "
@@ -43,7 +53,25 @@ def read_generated(path) -> list[tuple[object, list[str], dict]]:
         completions = [data.parse_text(path, row, f"completions[{i}]", c) for i, c in enumerate(completions)]
         if "ranks" in extra:
             raise DataError(path, row, "ranks", "this row is already ranked; import takes unranked generate output")
-        rows.append((prompt, completions, extra))
+        first: dict[str, str] = {}
+        for c in completions:
+            first.setdefault(data.text_key(c), c)
+        distinct = list(first.values())
+        if len(distinct) < 2:
+            raise DataError(path, row, "completions", f"all {len(completions)} completions are identical; there is "
+                            "nothing to rank (sample more, or at a higher temperature, or leave the row out)")
+        if len(distinct) < len(completions):
+            merged.append((row, len(completions) - len(distinct)))
+        try:
+            json.dumps(extra, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError) as e:
+            raise DataError(path, row, None, f"extra columns cannot be stored as JSON text ({e})") from None
+        rows.append((prompt, distinct, extra))
+    if merged and notes is not None:
+        where = ", ".join(f"row {r}" for r, _ in merged[:10])
+        where += f" and {len(merged) - 10} more" if len(merged) > 10 else ""
+        notes.append(f"{sum(n for _, n in merged)} duplicate completions merged into an identical one in "
+                     f"{len(merged)} rows ({where}); they show as one card")
     return rows
 
 
@@ -89,11 +117,53 @@ def export(store, fmt: str, out, raw=None, summary_path=None) -> dict:
         raise UserError("--out, --raw and --summary must be three different files")
     labels = store.all_labels()
     rows = rankings_rows(labels) if fmt == "rankings" else pairs_rows(labels)
-    data.write_jsonl(out, rows)
-    data.write_jsonl(raw, [{"item_id": lab["item_id"], "annotator": lab["annotator"], "label": lab["kind"],
-                            "prompt": lab["prompt"], "completions": lab["completions"], "ranks": lab["ranks"],
-                            "meta": lab["meta"], "created_at": lab["created_at"]} for lab in labels])
+    raw_rows = [{"item_id": lab["item_id"], "annotator": lab["annotator"], "label": lab["kind"],
+                 "prompt": lab["prompt"], "completions": lab["completions"], "ranks": lab["ranks"],
+                 "meta": lab["meta"], "created_at": lab["created_at"]} for lab in labels]
     result = {"format": fmt, "rows": len(rows), "out": str(out), "raw": str(raw), **summary(labels),
               "policy": POLICY}
-    summary_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomically([(out, _jsonl(rows)), (raw, _jsonl(raw_rows)),
+                      (summary_path, lambda f: f.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n"))])
     return result
+
+
+def _jsonl(records):
+    def write(f):
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return write
+
+
+def write_atomically(files) -> None:
+    """Write each (path, write(f)) to a temporary file beside it, then rename them all into place.
+
+    Nothing is renamed until every file is written and on disk (fsync), so an export killed or
+    failing midway leaves the previous files whole, never a truncated one that a loader would read
+    without complaint. The renames come last, in order (the summary, which describes the others,
+    last); each is atomic. A failure removes the temporary files; a kill -9 may leave one behind,
+    named .NAME.XXXXXXXX.tmp.
+    """
+    temps: list[Path] = []
+    try:
+        for path, write in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            temps.append(tmp)
+            with open(tmp, "x", encoding="utf-8") as f:  # "x": a new file, with the umask's permissions
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        for (path, _), tmp in zip(files, temps):
+            os.replace(tmp, path)
+        for folder in {path.parent for path, _ in files}:  # make the renames themselves durable
+            with contextlib.suppress(OSError):
+                fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    except BaseException:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise

@@ -28,12 +28,7 @@ def _pg_url_or_skip() -> str:
     return url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request, tmp_path):
-    """A fresh, empty database: a SQLite file, or the test PostgreSQL database wiped clean."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'feedback.db'}"
-        return
+def _wiped_pg():
     url = _pg_url_or_skip()
     store = Store(url)
     Base.metadata.drop_all(store.engine)
@@ -42,6 +37,21 @@ def db_url(request, tmp_path):
     store = Store(url)
     Base.metadata.drop_all(store.engine)
     store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file, or the test PostgreSQL database wiped clean."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'feedback.db'}"
+        return
+    yield from _wiped_pg()
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
+def pg_url():
+    """The test PostgreSQL database wiped clean, for what only PostgreSQL has (row locks)."""
+    yield from _wiped_pg()
 
 
 @pytest.fixture

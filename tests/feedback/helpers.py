@@ -42,3 +42,37 @@ def live_server(store: Store, settings=None, timeout: float = 10.0):
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+@contextlib.contextmanager
+def serve_process(db_url: str, log_path, *args: str, timeout: float = 30.0):
+    """`rlhfkit label serve` in its own process on a free loopback port; yields (base URL, process)."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.feedback", "serve", "--db", db_url,
+                                 "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if httpx.get(f"{base}/login", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start; see {log_path}")
+                time.sleep(0.1)
+            yield base, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

@@ -146,3 +146,48 @@ def test_server_errors_are_json_without_details(env, monkeypatch):
     client = TestClient(create_app(store), raise_server_exceptions=False)
     r = client.get("/api/next", headers=bearer(tokens["alice"]))
     assert r.status_code == 500 and "secret" not in r.text and r.json()["error"].startswith("internal")
+
+
+@pytest.mark.parametrize("item_id", [2**63, 2**63 - 1, 2**64 + 5, -(2**63) - 1, 2**31])
+def test_huge_item_ids_are_a_4xx_not_a_500(env, item_id):
+    _, client, tokens = env
+    client.get("/api/next", headers=bearer(tokens["alice"]))
+    headers = {**bearer(tokens["alice"]), "Content-Type": "application/json"}
+    r = client.post("/api/labels", content=b'{"item_id": %d, "action": "skip"}' % item_id, headers=headers)
+    assert 400 <= r.status_code < 500, r.text
+    assert isinstance(r.json()["error"], str)
+    ranking = b'{"item_id": 1, "action": "rank", "ranking": [[%d], [1], [2]]}' % item_id
+    r = client.post("/api/labels", content=ranking, headers=headers)
+    assert 400 <= r.status_code < 500, r.text
+
+
+def test_server_errors_carry_the_security_headers(env, monkeypatch):
+    store, _, tokens = env
+
+    def broken(*args):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(store, "next_item", broken)
+    client = TestClient(create_app(store), raise_server_exceptions=False)
+    r = client.get("/api/next", headers=bearer(tokens["alice"]))
+    assert r.status_code == 500 and r.json()["error"].startswith("internal")
+    assert r.headers["content-security-policy"].startswith("default-src 'none'")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["x-frame-options"] == "DENY"
+    for path in ("/nowhere", "/api/next"):  # 404 and 401 have them too
+        assert client.get(path).headers["x-content-type-options"] == "nosniff", path
+
+
+@pytest.mark.parametrize("authorization", ["Basic dXNlcjpwYXNz", "Digest username=x", "Token abc", "Bearer"])
+def test_cookie_writes_need_the_csrf_header_whatever_authorization_says(env, authorization):
+    store, client, tokens = env
+    client.post("/api/session", headers=bearer(tokens["alice"]))
+    item = client.get("/api/next").json()["item"]
+    # A proxy may add Basic auth: the cookie still authenticates, so the CSRF rule must still apply.
+    r = client.post("/api/labels", json=rank_body(item), headers={"Authorization": authorization})
+    assert r.status_code == 403 and "X-Requested-With" in r.json()["error"]
+    assert store.all_labels() == []
+    r = client.post("/api/labels", json=rank_body(item),
+                    headers={"Authorization": authorization, "X-Requested-With": "rlhfkit"})
+    assert r.status_code == 200

@@ -226,3 +226,42 @@ def test_another_origin_cannot_post_with_the_annotators_cookie(site):
                           " body}).catch(() => null)", [f"{base}/api/labels", body])
         assert fetch_post.value.status == 403
     assert store.all_labels() == []
+
+
+def test_a_lost_lease_is_told_to_the_annotator(browser, sqlite_url):
+    """Items left untouched past the lease go to others; the page says so and moves on."""
+    from datetime import timedelta
+
+    from rlhfkit.feedback.app import Settings
+
+    store = Store(sqlite_url)
+    store.import_items([(f"lease {i}", [f"l{i}a", f"l{i}b", f"l{i}c"], {}) for i in range(3)])
+    alice = store.add_annotator("alice")
+    rivals = [store.authenticate(store.add_annotator(n)) for n in ("bob", "carol")]
+    lease = timedelta(seconds=4)
+    try:
+        with live_server(store, Settings(lease=lease)) as base:
+            context = browser.new_context()
+            page = context.new_page()
+            page.set_default_timeout(10_000)
+            first = sign_in(page, base, alice)
+            page.keyboard.press("1")
+            page.keyboard.press("2")  # alice starts ranking, then leaves it past the lease...
+            page.wait_for_timeout(lease.total_seconds() * 1000 + 500)
+            taken = store.next_item(rivals[0], 1, lease)  # ...and bob takes it over, and ranks it
+            assert taken["id"] == first
+            store.submit(rivals[0], first, "all_bad", None)
+            page.keyboard.press("Enter")  # her submit is refused: the page says why and moves on
+            second = wait_item(page, str(first))
+            assert second is not None and "not saved" in page.inner_text("#message")
+            # Away again, and carol takes this one: the first key press back finds out, before any submit.
+            page.evaluate("document.getElementById('message').textContent = ''")
+            page.wait_for_timeout(lease.total_seconds() * 1000 + 500)
+            assert store.next_item(rivals[1], 1, lease)["id"] == second
+            page.keyboard.press("1")
+            third = wait_item(page, str(second))
+            assert third not in (first, second) and "not saved" in page.inner_text("#message")
+            context.close()
+        assert [lab["annotator"] for lab in store.all_labels()] == ["bob"]
+    finally:
+        store.close()

@@ -83,3 +83,52 @@ def test_same_label_sent_by_20_clients_at_once_is_stored_once(db_url):
         store.close()
     assert codes == {200: 1, 409: n - 1}
     assert len(labels) == 1
+
+
+@pytest.mark.timeout(120)
+def test_short_leases_under_contention_give_4xx_never_5xx(db_url):
+    """Slow annotators lose items to fast ones (lease 0.3 s): every answer is 200/403/409, none 5xx."""
+    import random
+
+    from datetime import timedelta
+
+    clients, items, per_item = 12, 24, 2
+    store = Store(db_url)
+    add_items(store, items)
+    tokens = [store.add_annotator(f"s{i:02d}") for i in range(clients)]
+    barrier = threading.Barrier(clients, timeout=20)
+    deadline = time.monotonic() + 40
+
+    def annotate(token, seed):
+        rng, statuses, acked = random.Random(seed), Counter(), []
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+            barrier.wait()
+            for _ in range(60):
+                if time.monotonic() > deadline:
+                    break
+                r = client.get("/api/next")
+                statuses[r.status_code] += 1
+                item = r.status_code == 200 and r.json()["item"]
+                if not item:
+                    break
+                time.sleep(rng.uniform(0, 0.6))  # half the time longer than the lease
+                body = {"item_id": item["id"], "action": "rank", "ranking": [[c["id"]] for c in item["completions"]]}
+                r = client.post("/api/labels", json=body)
+                statuses[r.status_code] += 1
+                if r.status_code == 200:
+                    acked.append(item["id"])
+        return statuses, acked
+
+    try:
+        with live_server(store, Settings(per_item=per_item, lease=timedelta(seconds=0.3))) as base:
+            with ThreadPoolExecutor(clients) as pool:
+                results = list(pool.map(annotate, tokens, range(clients), timeout=90))
+        stored = [(lab["annotator"], lab["item_id"]) for lab in store.all_labels()]
+    finally:
+        store.close()
+    statuses = sum((s for s, _ in results), Counter())
+    assert set(statuses) <= {200, 403, 409}, statuses
+    assert statuses[403] > 0  # leases really ran out and slots really changed hands
+    acked = sorted(i for _, a in results for i in a)
+    assert sorted(i for _, i in stored) == acked and len(set(stored)) == len(stored)
+    assert max(Counter(acked).values()) <= per_item

@@ -127,3 +127,88 @@ def test_register_fits_the_main_cli_label_group():
                  ["export", "--format", "pairs", "--out", "o.jsonl"], ["stats"]):
         args = parser.parse_args(["label", *argv])
         assert callable(args.func) and args.db == "sqlite:///feedback.db", argv
+
+
+def _link_token(out: str) -> str:
+    return out.strip().splitlines()[-1].rsplit("#", 1)[1]
+
+
+def test_add_annotator_new_token_sets_the_role_it_prints(db_url, capsys):
+    assert main(["add-annotator", "lee", "--db", db_url]) == 0
+    first = _link_token(capsys.readouterr().out)
+    assert main(["add-annotator", "lee", "--admin", "--new-token", "--db", db_url]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("admin lee:")
+    store = Store(db_url)
+    try:
+        assert store.authenticate(first) is None
+        assert store.authenticate(_link_token(out)).role == "admin"
+        # A new link alone keeps the role; --annotator makes the account an annotator again.
+        assert main(["add-annotator", "lee", "--new-token", "--db", db_url]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("admin lee:") and store.authenticate(_link_token(out)).role == "admin"
+        assert main(["add-annotator", "lee", "--annotator", "--new-token", "--db", db_url]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("annotator lee:") and store.authenticate(_link_token(out)).role == "annotator"
+    finally:
+        store.close()
+    assert main(["add-annotator", "lee", "--admin", "--db", db_url]) == 2  # an existing name needs --new-token
+    assert "--new-token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kill_at", ["out", "raw", "summary"])
+def test_an_export_killed_midway_leaves_the_previous_files_whole(labelled, tmp_path, kill_at):
+    """SIGKILL (no cleanup) while the export writes: the files of the last export stay as they were."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "pairs.jsonl"
+    assert main(["export", "--db", labelled, "--format", "pairs", "--out", str(out)]) == 0
+    names = ("pairs.jsonl", "pairs.raw.jsonl", "pairs.summary.json")
+    before = {n: (tmp_path / n).read_bytes() for n in names}
+    n_out, n_raw = len(before["pairs.jsonl"].splitlines()), len(before["pairs.raw.jsonl"].splitlines())
+    nth = {"out": 3, "raw": n_out + 3, "summary": n_out + n_raw + 1}[kill_at]  # which json.dumps call dies
+    script = textwrap.dedent(f"""
+        import json, os, signal
+        from rlhfkit.feedback.cli import main
+        real, calls = json.dumps, [0]
+        def dumps(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == {nth}:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+        json.dumps = dumps
+        main(["export", "--db", {labelled!r}, "--format", "pairs", "--out", {str(out)!r}])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert {n: (tmp_path / n).read_bytes() for n in names} == before
+    assert len(data.load_preferences(out)) == 7
+    # The next export goes through, and leaves nothing of its own behind.
+    assert main(["export", "--db", labelled, "--format", "pairs", "--out", str(out)]) == 0
+    assert {n: (tmp_path / n).read_bytes() for n in names}["pairs.jsonl"] == before["pairs.jsonl"]
+
+
+def test_an_export_that_fails_leaves_no_temporary_files(labelled, tmp_path, monkeypatch):
+    from rlhfkit.feedback import export as export_module
+
+    out = tmp_path / "sub" / "pairs.jsonl"
+    calls = [0]
+    real = json.dumps
+
+    def failing(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 9:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    store = Store(labelled)
+    monkeypatch.setattr(export_module.json, "dumps", failing)
+    try:
+        with pytest.raises(OSError):
+            export_module.export(store, "pairs", out)
+    finally:
+        store.close()
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []

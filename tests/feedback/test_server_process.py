@@ -16,6 +16,11 @@ from rlhfkit.feedback.store import Store
 from .helpers import add_items, free_port
 
 
+# Ways a private link /login#TOKEN gets mangled on its way to a browser or script: each sends the token.
+LINK_FORMS = ["/login%23{token}", "/login?{token}", "/login/{token}", "/login%2523{token}", "/login?x=1&{token}",
+              "/login;{token}", "/{token}"]
+
+
 def start(db, port, log):
     cmd = [sys.executable, "-m", "rlhfkit.feedback", "serve", "--db", db, "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -73,6 +78,8 @@ def test_kill_mid_session_loses_nothing_and_resumes(tmp_path):
             # token wrongly put in a query string, which the log filter must hide.
             assert httpx.post(f"{base}/api/session", headers={"Authorization": f"Bearer {bob}"}).status_code == 200
             assert httpx.get(f"{base}/login?token={alice}").status_code == 200
+            for form in LINK_FORMS:  # mangled private links: each reaches the server, none may reach the log
+                httpx.get(base + form.format(token=bob))
             worker = threading.Thread(target=label_forever)
             worker.start()
             deadline = time.monotonic() + 30
@@ -105,3 +112,30 @@ def test_kill_mid_session_loses_nothing_and_resumes(tmp_path):
 def test_serve_refuses_bad_settings(tmp_path, capsys):
     assert main(["serve", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--per-item", "0"]) == 2
     assert "--per-item" in capsys.readouterr().err
+
+
+def percent_encode_some(token):
+    """The token with every other character percent-encoded, as some mail clients rewrite links."""
+    return "".join(f"%{ord(c):02X}" if i % 2 else c for i, c in enumerate(token))
+
+
+@pytest.mark.parametrize("form", LINK_FORMS + ["/login#{token}", "/api/next?token={token}", "Bearer {token}",
+                                               "/login%23{encoded}", "/login?{encoded}"])
+def test_access_log_filter_redacts_every_token_form(form):
+    import logging
+
+    from rlhfkit.feedback.cli import _RedactTokens
+
+    token = "Zx9_Qw-" + "a1B2c3D4e5F6g7H8i9J0kLmNoPqRsTuVw"[:36]
+    path = form.format(token=token, encoded=percent_encode_some(token))
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", path, "1.1", 404), None)
+    assert _RedactTokens().filter(record)
+    line = record.getMessage()
+    assert "[redacted]" in line and "127.0.0.1:5000" in line and line.endswith(" 404")
+    for piece in (token, token[:16], token[-16:], percent_encode_some(token)[:24]):
+        assert piece not in line, line
+    for harmless in ("/api/labels", "/static/app.js", "/login", "/api/next?x=1"):
+        record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "%s", (harmless,), None)
+        _RedactTokens().filter(record)
+        assert record.getMessage() == harmless

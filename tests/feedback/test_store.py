@@ -151,3 +151,125 @@ def test_unreachable_database_is_a_user_error(tmp_path):
         Store("not a url")
     with pytest.raises(UserError, match="cannot open database"):
         Store(f"sqlite:///{tmp_path}/missing/dir/x.db")
+
+
+def test_promotion_to_admin_sets_the_role_and_frees_held_items(store):
+    add_items(store, 1)
+    alice, bob = people(store, "alice", "bob")
+    item = store.next_item(alice, 1, HOUR)
+    assert store.next_item(bob, 1, HOUR) is None  # alice holds the only slot
+    token = store.add_annotator("alice", role="admin", new_token=True)
+    assert store.authenticate(token).role == "admin"
+    assert store.next_item(bob, 1, HOUR)["id"] == item["id"]  # an admin labels nothing: the slot is free
+
+
+def age_assignments(store, minutes):
+    """Move every assignment's start `minutes` into the past, as if that much time had gone by."""
+    with store.session.begin() as s:
+        s.execute(text(f"update assignments set assigned_at = assigned_at - interval '{minutes} minutes'")
+                  if store.engine.dialect.name == "postgresql"
+                  else text(f"update assignments set assigned_at = datetime(assigned_at, '-{minutes} minutes')"))
+
+
+def test_reopening_an_item_renews_its_lease(store):
+    add_items(store, 1)
+    alice, bob = people(store, "alice", "bob")
+    item = store.next_item(alice, 1, HOUR)
+    age_assignments(store, 50)  # alice has had it open for 50 of her 60 minutes...
+    assert store.next_item(alice, 1, HOUR) == item  # ...and reloads the page: the lease starts again
+    age_assignments(store, 20)  # 70 minutes since she first got it, 20 since she reopened it
+    assert store.next_item(bob, 1, HOUR) is None  # still hers
+    rank_in_order(store, alice, item)
+    assert [lab["annotator"] for lab in store.all_labels()] == ["alice"]
+
+
+def test_reopening_an_item_after_its_lease_keeps_it_if_nobody_took_it(store):
+    add_items(store, 2)
+    alice, bob = people(store, "alice", "bob")
+    item = store.next_item(alice, 1, HOUR)
+    age_assignments(store, 120)
+    assert store.next_item(alice, 1, HOUR) == item  # back after two hours: nobody took it, still hers
+    assert store.next_item(bob, 1, HOUR)["id"] != item["id"]  # and renewed: bob gets the other one
+
+
+@pytest.mark.timeout(60)
+def test_a_takeover_racing_a_submit_is_a_clean_outcome(store):
+    """Bob takes over alice's idle slot while her submit is between reading and writing it.
+
+    Before the row lock, PostgreSQL let bob delete the assignment under alice's transaction, whose
+    UPDATE then found no row: StaleDataError, a 500. Now bob waits for her (or she finds it gone)."""
+    import threading
+
+    from sqlalchemy import event
+
+    add_items(store, 1)
+    alice, bob = people(store, "alice", "bob")
+    item = store.next_item(alice, 1, HOUR)
+    age_assignments(store, 120)  # alice's lease has run out; bob may take the slot
+    fired, bob_got = threading.Event(), {}
+    me = threading.get_ident()
+
+    def rival(*_):
+        bob_got["item"] = store.next_item(bob, 1, HOUR)
+
+    def after_execute(conn, cursor, statement, params, context, executemany):
+        if (threading.get_ident() == me and not fired.is_set() and statement.lstrip().upper().startswith("SELECT")
+                and "FROM assignments" in statement and "annotator_id" in statement):
+            fired.set()  # alice has just read her assignment: now bob claims the item
+            t = threading.Thread(target=rival)
+            t.start()
+            t.join(1.5)  # with a row lock bob waits for alice; give up waiting and let her go on
+            bob_got["thread"] = t
+
+    event.listen(store.engine, "after_cursor_execute", after_execute)
+    try:
+        try:
+            rank_in_order(store, alice, item)
+            outcome = "stored"
+        except NotAssigned:
+            outcome = "not assigned"
+    finally:
+        event.remove(store.engine, "after_cursor_execute", after_execute)
+        if "thread" in bob_got:
+            bob_got["thread"].join(30)
+    assert fired.is_set()
+    labels = [lab["annotator"] for lab in store.all_labels()]
+    if outcome == "stored":
+        assert labels == ["alice"] and bob_got["item"] is None
+    else:
+        assert labels == [] and bob_got["item"]["id"] == item["id"]
+    with store.session() as s:
+        assert s.execute(text("select count(*) from assignments")).scalar() == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_claim_waits_for_a_locked_last_item_instead_of_giving_up(pg_url):
+    """PostgreSQL: claims skip items a rival claim has locked, but when that goes on past a couple of
+    rounds (the last item, a slow rival) the claim waits for the lock rather than spin and fail.
+    (SQLite has no row locks: its writers are serialized.)"""
+    import threading
+    import time
+
+    store = Store(pg_url)
+    try:
+        add_items(store, 1)
+        (alice,) = people(store, "alice")
+        locked, release = threading.Event(), threading.Event()
+
+        def rival():  # a claim in progress on the only item, slow to finish
+            with store.engine.connect() as c:
+                c.execute(text("select id from items where id = 1 for no key update"))
+                locked.set()
+                release.wait(10)
+                c.rollback()
+
+        t = threading.Thread(target=rival)
+        t.start()
+        locked.wait(10)
+        threading.Timer(1.0, release.set).start()
+        t0 = time.monotonic()
+        item = store.next_item(alice, 1, HOUR)
+        assert item is not None and item["id"] == 1 and time.monotonic() - t0 >= 0.9
+        t.join(10)
+    finally:
+        store.close()

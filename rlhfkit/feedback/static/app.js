@@ -6,6 +6,8 @@ const $ = (id) => document.getElementById(id);
 let item = null;     // {id, prompt, completions: [{id, text}]} in display order
 let placed = [];     // [{id, tied}] best first; tied = same rank as the one above
 let busy = false;
+let lease = 0;       // seconds an untouched item stays ours (from /api/next)
+let renewedAt = 0;   // when the server last renewed our hold on `item` (Date.now())
 
 async function api(method, path, body) {
   const r = await fetch(path, {
@@ -24,11 +26,26 @@ function say(text) { $("message").textContent = text || ""; }
 
 function showProgress(p) { if (p) $("progress").textContent = "Done " + p.done + " / " + p.total; }
 
+function leaseWords() {
+  return lease >= 90 ? Math.round(lease / 60) + " minutes" : Math.round(lease) + " seconds";
+}
+
+function sayLost() {
+  say("Your ranking of the last item was not saved: it lay untouched for more than " + leaseWords() +
+      " and went to another annotator. Carry on with the item below.");
+}
+
 async function loadNext() {
   const r = await api("GET", "/api/next");
   if (!r.ok) { say(r.data.error || "could not load the next item"); return; }
-  showProgress(r.data.progress);
-  item = r.data.item;
+  show(r.data);
+}
+
+function show(data) {
+  showProgress(data.progress);
+  lease = data.lease_seconds || 0;
+  renewedAt = Date.now();
+  item = data.item;
   placed = [];
   $("task").hidden = !item;
   $("finished").hidden = !!item;
@@ -156,9 +173,31 @@ async function send(action) {
     if (r.ok || r.status === 409) {  // 409: already stored (e.g. a retried submit); move on
       say(action === "skip" ? "Skipped." : "Saved.");
       await loadNext();
+    } else if (r.status === 403 && r.data.code === "not_assigned") {  // the lease ran out and it was taken
+      await loadNext();
+      sayLost();
     } else {
       say(r.data.error || "could not save");
     }
+  } catch (e) {
+    say(e.message);
+  } finally {
+    busy = false;
+  }
+}
+
+// Back after a long pause (over half the lease): ask for the item again. Reopening renews the
+// lease; if the item went to someone else meanwhile, say so now, not at the next submit.
+async function checkLease() {
+  if (!item || busy || !lease || Date.now() - renewedAt < lease * 500) return;
+  busy = true;
+  try {
+    const shownId = item.id;
+    const r = await api("GET", "/api/next");
+    if (!r.ok) return;
+    if (r.data.item && r.data.item.id === shownId) { renewedAt = Date.now(); return; }
+    show(r.data);
+    sayLost();
   } catch (e) {
     say(e.message);
   } finally {
@@ -189,7 +228,10 @@ document.addEventListener("keydown", (e) => {
   else if (k === "Backspace" || k === "u" || k === "U") undo();
   else handled = false;
   if (handled) e.preventDefault();  // also keeps Enter from re-clicking a focused button
+  checkLease();
 });
+document.addEventListener("pointerdown", () => { checkLease(); });
+document.addEventListener("visibilitychange", () => { if (!document.hidden) checkLease(); });
 
 $("submit").addEventListener("click", () => send("rank"));
 $("skip").addEventListener("click", () => send("skip"));
