@@ -155,7 +155,8 @@ def _token_logprobs(model, batch, seq2seq: bool):
 
     labels = batch["labels"]
     if seq2seq:
-        decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=labels.clamp(min=0))
+        inner = getattr(model, "module", model)  # under DDP the model's own methods are on .module
+        decoder_ids = inner.prepare_decoder_input_ids_from_labels(labels=labels.clamp(min=0))
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        decoder_input_ids=decoder_ids).logits
         targets = labels
@@ -233,7 +234,10 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if config.merge and not config.lora:
         raise UserError("--merge only applies with --lora (full fine-tuning already saves the whole model)")
-    examples = load_sft_rows(config.data)  # every row validated before the model is even loaded
+    from rlhfkit.training.runtime import everywhere
+
+    # every row validated before the model is even loaded, on every process (one stops: all stop)
+    examples = everywhere(lambda: load_sft_rows(config.data), "SFT data")
     if config.limit:
         examples = examples[: config.limit]
     rng = random.Random(config.seed)
@@ -281,7 +285,10 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
 
     history = loop.fit(task, after_epoch, progress)
     if loop.runtime.is_main_process:
+        from rlhfkit.models.card import publish
+
         _save(loop.unwrapped, tokenizer, config, out)
+        publish(out, "sft", config, datasets=[config.data], history=history)
     return {"steps": [row["loss"] for row in loop.steps], "epochs": history, "out": str(out)}
 
 
