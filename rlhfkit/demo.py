@@ -152,9 +152,23 @@ def run_demo(config: DemoConfig) -> dict:
     from rlhfkit.evaluation.summary import format_summary
 
     print(format_summary(result))
+    export_final_model(stages, result)
     print("rlhfkit demo: stage times: " + ", ".join(f"{s} {t:.0f}s" for s, t in stages.timings.items()))
     print(f"rlhfkit demo: report: {stages.folder('report') / 'report.html'}")
     return result
+
+
+def export_final_model(stages: Stages, result: dict) -> Path:
+    """The tuned policy as a plain transformers folder, `OUT/model` (adapter merged, value head dropped),
+    whose model card carries the before/after evaluation: `pipeline("text-generation", model=OUT/model)`."""
+    from rlhfkit.models.card import evaluation_rows
+    from rlhfkit.models.export import export_model
+
+    out = export_model(stages.folder("ppo") / "model", stages.root / "model", merge=True,
+                       evaluation=evaluation_rows(result), evaluation_title="Evaluation (held-out prompts, "
+                                                                            "before vs after PPO)")
+    print(f"rlhfkit demo: plain transformers model (loads without rlhfkit): {out}")
+    return out
 
 
 def _use_feedback(stages: Stages, config: DemoConfig) -> Path:
@@ -199,7 +213,7 @@ def _reward(folder: Path, config: DemoConfig, rankings: Path) -> None:
 
     result = train_reward_model(RewardConfig(
         model=config.reward_backbone, data=str(rankings), output_dir=str(folder / "model"), epochs=config.reward_epochs,
-        learning_rate=config.reward_lr, seed=config.seed, mixed_precision="no",
+        learning_rate=config.reward_lr, seed=config.seed, mixed_precision="no", report_to="tensorboard",
     ))
     (folder / "reward_result.json").write_text(json.dumps(result, indent=1, default=str))
 
@@ -213,6 +227,7 @@ def _ppo(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None:
         mini_batch_size=max(1, config.ppo_batch_size // 2), ppo_epochs=config.ppo_epochs, learning_rate=config.ppo_lr,
         init_kl_coef=config.init_kl_coef, adaptive_kl=False, max_new_tokens=config.max_new_tokens,
         mixed_precision=config.mixed_precision, seed=config.seed, save_every=10, normalize_scores=True,
+        report_to="tensorboard",
     )
     reward = get_reward(str(stages.folder("reward") / "model"))
     PPOTrainer(ppo_config, dataset=prompts).train(reward)

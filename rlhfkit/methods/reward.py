@@ -288,10 +288,11 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
                                  "accuracy": r["train/epoch_accuracy"], "seconds": r["seconds"]})
         if "eval/loss" in r:
             history["eval"].append({"epoch": r["epoch"], **{k[5:]: v for k, v in r.items() if k.startswith("eval/")}})
+    full = loop.runtime.full_state_dict(loop.model)  # FSDP / DeepSpeed: gathered from every process
     if loop.runtime.is_main_process:
         from rlhfkit.models.card import publish
 
-        loop.unwrapped.save_pretrained(out)
+        loop.unwrapped.save_pretrained(out, **({"state_dict": full} if full is not None else {}))
         tokenizer.save_pretrained(out)
         publish(out, "reward", config, datasets=[config.data, config.eval_data], history=loop.history)
     final = history["eval"][-1] if history["eval"] else None

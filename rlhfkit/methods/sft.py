@@ -264,6 +264,9 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
                             config.gradient_accumulation_steps, config.mixed_precision, config.log_every,
                             config.save_every, config.seed)
     loop = SupervisedLoop(model, settings, plan, out, config)
+    if config.merge and loop.runtime.sharded:
+        raise UserError("--merge under FSDP/DeepSpeed is not supported; save the adapter and run "
+                        "`rlhfkit export --model DIR --merge --out DIR`")
     if config.resume and latest_checkpoint(out) is not None:
         loop.load_state(out)
         print(f"rlhfkit sft: resuming at step {loop.step} of {loop.total_steps}")
@@ -284,15 +287,16 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
         return extra
 
     history = loop.fit(task, after_epoch, progress)
+    full = loop.runtime.full_state_dict(loop.model)  # FSDP / DeepSpeed: gathered from every process
     if loop.runtime.is_main_process:
         from rlhfkit.models.card import publish
 
-        _save(loop.unwrapped, tokenizer, config, out)
+        _save(loop.unwrapped, tokenizer, config, out, full)
         publish(out, "sft", config, datasets=[config.data], history=history)
     return {"steps": [row["loss"] for row in loop.steps], "epochs": history, "out": str(out)}
 
 
-def _save(model, tokenizer, config: SFTConfig, out: Path) -> None:
+def _save(model, tokenizer, config: SFTConfig, out: Path, state_dict: dict | None = None) -> None:
     from rlhfkit.models import EMBEDDED
 
     if config.lora and config.merge:
@@ -302,7 +306,7 @@ def _save(model, tokenizer, config: SFTConfig, out: Path) -> None:
         what = "LoRA adapter"
     else:
         what = "model"
-    model.save_pretrained(out)
+    model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(out)
     adapter_file = out / "adapter_config.json"
     if config.lora and not config.merge and config.model in EMBEDDED and adapter_file.exists():

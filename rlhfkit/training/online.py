@@ -284,10 +284,14 @@ class OnlineTrainer:
     def save_pretrained(self, folder) -> None:
         """The policy for use elsewhere: save_pretrained (the adapter with LoRA), tokenizer, value head."""
         self.runtime.wait_for_everyone()
+        full = self.runtime.full_state_dict(self.model)  # FSDP / DeepSpeed: gathered from every process
         if self.runtime.is_main_process:
             from rlhfkit.models.card import write_model_card
 
-            self.unwrapped.save_pretrained(folder, with_value_head=self.critic)
+            if full is None:
+                self.unwrapped.save_pretrained(folder, with_value_head=self.critic)
+            else:
+                _save_gathered(self.unwrapped, full, folder, self.critic)
             self.tokenizer.save_pretrained(str(folder))
             last = {k: v for k, v in (self.history[-1] if self.history else {}).items()
                     if k in ("step", "env/reward_mean", "objective/kl", "ppo/loss/total", "tokens/responses_len_mean")}
@@ -334,6 +338,20 @@ class OnlineTrainer:
         trainer = cls(config, model, ref_model, tokenizer, dataset)
         trainer.load_state(folder)
         return trainer
+
+
+def _save_gathered(model: ModelWithValueHead, state: dict, folder, with_value_head: bool) -> None:
+    """save_pretrained from a gathered state dict (`pretrained_model.*` and `v_head.*` keys)."""
+    from safetensors.torch import save_file
+
+    from rlhfkit.models.value_head import VALUE_HEAD_FILE
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    inner = {k[len("pretrained_model."):]: v for k, v in state.items() if k.startswith("pretrained_model.")}
+    model.pretrained_model.save_pretrained(str(folder), state_dict=inner)
+    if with_value_head:
+        head = {k[len("v_head."):]: v.contiguous().cpu() for k, v in state.items() if k.startswith("v_head.")}
+        save_file(head, str(Path(folder) / VALUE_HEAD_FILE))
 
 
 # ---------------------------------------------------------------- setup

@@ -70,8 +70,37 @@ class Runtime:
         return self.accelerator.reduce(tensor, "sum") if self.accelerator.num_processes > 1 else tensor
 
     def no_sync_unless(self, last: bool, model):
-        """accelerate's `no_sync` for all but the last micro-batch of an optimisation step."""
+        """accelerate's `no_sync` for all but the last micro-batch of an optimisation step. Under
+        DeepSpeed the engine steps at every backward that syncs, so the others are marked as not syncing."""
+        if self.engine == "deepspeed":
+            return self._deepspeed_boundary(last)
         return contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+
+    @contextlib.contextmanager
+    def _deepspeed_boundary(self, last: bool):
+        state = self.accelerator.gradient_state
+        state._set_sync_gradients(last)
+        try:
+            yield
+        finally:
+            state._set_sync_gradients(True)
+
+    @property
+    def engine(self) -> str:
+        """"fsdp", "deepspeed" (weights or optimizer state split across processes) or "ddp" / "single"."""
+        kind = str(self.accelerator.distributed_type).split(".")[-1]
+        if kind in ("FSDP", "DEEPSPEED"):
+            return kind.lower()
+        return "ddp" if self.accelerator.num_processes > 1 else "single"
+
+    @property
+    def sharded(self) -> bool:
+        return self.engine in ("fsdp", "deepspeed")
+
+    def full_state_dict(self, model) -> dict | None:
+        """The whole state dict of a prepared model where an engine splits it (FSDP, DeepSpeed), gathered:
+        every process must call this (a collective); None where each process holds the whole model."""
+        return self.accelerator.get_state_dict(model) if self.sharded else None
 
 
 # ---------------------------------------------------------------- processes
