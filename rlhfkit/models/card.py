@@ -232,7 +232,8 @@ def write_model_card(folder, *, method: str, base_model: str | None = None, conf
     where = repo_id or str(folder)
     what = {"causal": "causal language model", "seq2seq": "sequence-to-sequence language model",
             "classifier": "reward model (a one-output sequence classifier)"}[kind]
-    lines = [f"# {folder.name if not repo_id else repo_id.split('/')[-1]}", "",
+    title = repo_id.split("/")[-1] if repo_id else (folder.parent.name if folder.name == "model" else folder.name)
+    lines = [f"# {title}", "",
              f"A {'LoRA adapter for a ' if adapter else ''}{what} trained with rlhfkit's `{method}` "
              f"from `{base_model or 'unknown'}`" + (f" (Hub: [{hub_base}](https://huggingface.co/{hub_base}))"
                                                     if hub_base and hub_base != base_model else "") + "."]
