@@ -63,6 +63,35 @@ def fixed_responses(trainer, queries):
     return out
 
 
+def _force_fsdp2(undo: list) -> None:
+    """FSDP2 on the CPU, for the test only: accelerate 1.16 enables FSDP on GPU-type devices alone, but
+    torch's fully_shard runs on gloo; this sets the state `accelerate launch` with configs/accelerate/
+    fsdp2.yaml would set on GPUs, so the loops' FSDP paths (sharded checkpoints, gathered saves) run here."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from rlhfkit.training.runtime import Runtime
+
+    init = Runtime.__init__
+
+    def patched(self, *a, **k):
+        init(self, *a, **k)
+        state = self.accelerator.state
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=2, auto_wrap_policy="transformer_based_wrap", state_dict_type="SHARDED_STATE_DICT",
+            reshard_after_forward=True)
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        state.distributed_type = DistributedType.FSDP
+
+    Runtime.__init__ = patched
+
+    def restore():
+        Runtime.__init__ = init
+        PartialState._shared_state["distributed_type"] = DistributedType.MULTI_CPU
+
+    undo.append(restore)
+
+
 def _patch(job: dict):
     """Dropout off (each process draws its own masks, so only a dropout-free network compares across
     world sizes), fixed responses (sampling draws differ with the batch's shape and the process's
@@ -89,6 +118,8 @@ def _patch(job: dict):
 
         SupervisedLoop.__init__ = patched_init
         undo.append(lambda: setattr(SupervisedLoop, "__init__", init))
+    if job.get("force_fsdp2"):
+        _force_fsdp2(undo)
     if job.get("fixed_responses"):
         generate = OnlineTrainer.generate
         OnlineTrainer.generate = lambda self, queries, **k: fixed_responses(self, queries)
