@@ -3,12 +3,12 @@
     .venv/bin/python bench/grpo.py [--steps 3] [--warmup 1] [--ours-options '{"compile": true}']
     make bench ARGS="--cases grpo"
 
-SmolLM2-135M-Instruct with LoRA (r 16, alpha 32, all linear layers), bf16 mixed precision, the same
+SmolLM2-135M-Instruct with LoRA (r 16, alpha 32, all linear layers), bf16 mixed precision (float32 on a CPU without native bf16), the same
 64 chat prompts (the first of rlhfkit/assets/prompts_train.jsonl), 4 generations per prompt, 16
 completions per step in micro-batches of 4, exactly 48 new tokens, no KL (TRL's default beta 0),
 DAPO's token-mean loss, one pass per batch, the reward of bench/grpo_reward.py. TRL runs with its
 own defaults otherwise (gradient checkpointing on). Each side in its own subprocess, one after the
-other; the bf16 matmul peak is measured in the same run. Writes bench/results/grpo-<time>.{md,json}.
+other; the matmul peak of that precision is measured in the same run. Writes bench/results/grpo-<time>.{md,json}.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per side")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="both sides' precision (default: bf16 where the CPU has native bf16, else fp32)")
     p.add_argument("--ours-options", type=json.loads, default={},
                    help='extra GRPOConfig fields for our side, JSON (e.g. {"compile": true})')
     p.add_argument("--trl-options", type=json.loads, default={}, help="extra trl GRPOConfig fields, JSON")
@@ -63,20 +65,23 @@ def main(argv=None) -> None:
     from rlhfkit.models.loading import load_policy
 
     torch.set_num_threads(args.threads)
+    from rlhfkit.runtime import cpu_has_native_bf16
+
+    args.precision = args.precision or ("bf16" if cpu_has_native_bf16() else "fp32")
     policy = resolve("smollm2-135m")
     prompts = [p for p in load_prompts(ROOT / "rlhfkit" / "assets" / "prompts_train.jsonl")[:64]]
     scratch = tempfile.mkdtemp(prefix="grpo-bench-")
     spec = {"policy": policy, "prompts": prompts, "batch_size": 16, "micro_batch_size": 4, "num_generations": 4,
             "max_new_tokens": args.max_new_tokens, "lora_r": 16, "lora_alpha": 32, "learning_rate": 1e-5,
             "seed": 0, "threads": args.threads, "warmup": args.warmup, "steps": args.steps, "scratch": scratch,
-            "ours_options": args.ours_options, "trl_options": args.trl_options}
+            "ours_options": args.ours_options, "trl_options": args.trl_options, "precision": args.precision}
     spec_path = Path(scratch) / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    peak = common.matmul_peak("bf16")
+    peak = common.matmul_peak(args.precision)
     model = load_policy("smollm2-135m", lora={"r": 16, "alpha": 32}, verbose=False).model
     dims = common.count_dims(model)
     del model
-    print(f"bench grpo: bf16 matmul peak {peak['gflops']} GFLOP/s; our side ...", flush=True)
+    print(f"bench grpo: {args.precision} matmul peak {peak['gflops']} GFLOP/s; our side ...", flush=True)
     results = {"ours": run_side(Path(sys.executable), "ours", spec_path, args.timeout)}
     if not args.skip_peer:
         print("bench grpo: TRL 1.16 side ...", flush=True)
@@ -108,8 +113,8 @@ def main(argv=None) -> None:
     fmt = lambda v: "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
     table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     table += ["| " + " | ".join(fmt(r.get(h)) for h in head) + " |" for r in rows]
-    md = (f"# GRPO bench {stamp}\n\n{platform.processor() or platform.machine()}, {args.threads} threads, bf16 peak "
-          f"{peak['gflops']} GFLOP/s; SmolLM2-135M LoRA r16 bf16, 16 completions (4 prompts x 4) per step, "
+    md = (f"# GRPO bench {stamp}\n\n{platform.processor() or platform.machine()}, {args.threads} threads, {args.precision} peak "
+          f"{peak['gflops']} GFLOP/s; SmolLM2-135M LoRA r16 {args.precision}, 16 completions (4 prompts x 4) per step, "
           f"{new} new tokens, {args.steps} timed + {args.warmup} warm-up steps; ours {args.ours_options or 'default'}, "
           f"TRL gradient checkpointing {results.get('trl', {}).get('gradient_checkpointing')}\n\n" + "\n".join(table) + "\n")
     (args.out / f"grpo-{stamp}.md").write_text(md)

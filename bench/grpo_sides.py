@@ -2,7 +2,7 @@
 
     python bench/grpo_sides.py ours|trl SPEC.json
 
-Both train SmolLM2-135M with LoRA (r, alpha), bf16 mixed precision, on the same chat prompts, 4
+Both train SmolLM2-135M with LoRA (r, alpha), in the spec's precision (bf16 mixed or float32), on the same chat prompts, 4
 completions per prompt and 16 completions per optimisation step in micro-batches of 4, exactly
 `max_new_tokens` new tokens (min_new_tokens = max_new_tokens), temperature 1, no KL (TRL's default
 beta 0: no reference model), one pass per batch, DAPO's token-mean loss, the same reward function
@@ -32,7 +32,7 @@ def ours(spec: dict) -> dict:
         num_generations=spec["num_generations"], mini_batch_size=spec["batch_size"],
         gradient_accumulation_steps=spec["batch_size"] // spec["micro_batch_size"], ppo_epochs=1,
         max_new_tokens=spec["max_new_tokens"], min_new_tokens=spec["max_new_tokens"], temperature=1.0,
-        mixed_precision="bf16", kl_penalty="none", seed=spec["seed"], log_every=0, samples_per_step=0,
+        mixed_precision="bf16" if spec["precision"] == "bf16" else "no", kl_penalty="none", seed=spec["seed"], log_every=0, samples_per_step=0,
         max_grad_norm=1.0, **spec.get("ours_options", {}))
     trainer = GRPOTrainer(config, dataset=[p for p in spec["prompts"]])
     loaded = common.rss_bytes()
@@ -65,7 +65,7 @@ def trl(spec: dict) -> dict:
         steps_per_generation=accumulation, num_generations=spec["num_generations"],
         max_completion_length=spec["max_new_tokens"], temperature=1.0, top_k=0, top_p=1.0,
         generation_kwargs={"min_new_tokens": spec["max_new_tokens"]}, beta=0.0, loss_type="dapo", num_iterations=1,
-        learning_rate=spec["learning_rate"], max_steps=spec["warmup"] + spec["steps"], bf16=True,
+        learning_rate=spec["learning_rate"], max_steps=spec["warmup"] + spec["steps"], bf16=spec["precision"] == "bf16",
         logging_steps=1, save_strategy="no", report_to=[], seed=spec["seed"], dataloader_num_workers=0,
         use_cpu=True, max_grad_norm=1.0, **spec.get("trl_options", {}))
     peft = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0, target_modules="all-linear",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from rlhfkit.config import option
+from rlhfkit.data import is_blank
 from rlhfkit.errors import UserError
 
 
@@ -68,7 +69,7 @@ def script_label(rows, source, noise: float = 0.0, tie_threshold: float = 0.0, s
     reward = get_reward(source, **({"batch_size": batch_size} if batch_size else {}))
     kept, empty, skipped = [], 0, []
     for row, prompt, completions in rows:
-        texts = [c for c in completions if c.strip()]
+        texts = [t for t in (c.replace("\x00", "") for c in completions) if not is_blank(t)]  # as the loaders read text
         empty += len(completions) - len(texts)
         if len({t.strip() for t in texts}) < 2:
             skipped.append(row)

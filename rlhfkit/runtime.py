@@ -39,3 +39,21 @@ def reexec_with_tuned_malloc() -> None:
         os.execv(sys.executable, argv)
     except OSError:  # cannot re-execute (unusual sandboxes): run on untuned
         return
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX on x86, the BF16 extension on Arm).
+
+    Without it torch emulates bf16 matmuls: measured on an AVX2-only EPYC (2 threads), 0.2 GFLOP/s
+    against 96 GFLOP/s in float32, so bf16 mixed precision there is hundreds of times slower, not faster.
+    Reads /proc/cpuinfo; other platforms are assumed to have it.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    except OSError:
+        pass
+    return True

@@ -228,3 +228,14 @@ def test_decoder_classifier_scores_without_a_kv_cache():
         alone = [model(input_ids=torch.tensor([tokenizer(t)["input_ids"]])).logits[0, 0].item() for t in texts]
     assert seen[-1][1] is not None  # the plain call did build one
     assert scores == pytest.approx(alone, abs=1e-5)
+
+
+def test_concise_reward_hand_worked():
+    from rlhfkit.rewards import get_reward
+
+    reward = get_reward("concise:4")
+    # 4 words: 1; 2 words: 1 - 2/4 = 0.5; 10 words: floored at 0; nothing: 0
+    assert reward([""] * 4, ["a b c d", "a b", " ".join("x" * 10), ""]) == [1.0, 0.5, 0.0, 0.0]
+    assert get_reward("concise").words == 12
+    with pytest.raises(UserError, match="unknown option"):
+        get_reward("concise:many")

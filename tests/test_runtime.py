@@ -24,3 +24,14 @@ def test_reexec_keeps_the_command_line_and_sets_the_tunables_once():
     off = subprocess.run([sys.executable, "-c", SCRIPT, "y"], env={**env, "RLHFKIT_TUNED_MALLOC": "0"},
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert off == ["run", "['y'] None"]
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
+    import pytest
+
+    import rlhfkit.runtime
+    from rlhfkit.training.runtime import Runtime
+
+    monkeypatch.setattr(rlhfkit.runtime, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="without native bf16.*use mixed_precision 'no'"):
+        Runtime("bf16")

@@ -135,12 +135,17 @@ def _kl_to_baseline(entry: _Entry, base: _Entry, gen: _Generations, prompts, k, 
 
 
 def _lengths(gen: _Generations, tokenizer, max_new_tokens: int) -> dict:
+    """Length, limit hits, diversity and repetition of the replies (`quality.reply_quality`), sampling speed."""
+    from rlhfkit.evaluation.quality import reply_quality
+
     lengths = np.array([len(r) for r in gen.responses], dtype=float)
     eos = tokenizer.eos_token_id
     hit = [len(r) >= max_new_tokens and (not r or r[-1] != eos) for r in gen.responses]
     return {"mean_tokens": float(lengths.mean()) if lengths.size else math.nan,
             "hit_limit_fraction": float(np.mean(hit)) if hit else math.nan,
-            "generation_seconds": gen.seconds}
+            "generation_seconds": gen.seconds,
+            "tokens_per_second": float(lengths.sum() / gen.seconds) if gen.seconds else math.nan,
+            **reply_quality(gen.texts)}
 
 
 def _scorer_sources(scorers) -> list:
@@ -177,8 +182,10 @@ def evaluate(models: dict, prompts, scorers, n_samples_per_prompt: int = 1, sett
     summary {model: {scorer: summarize()}}, changes {model: {scorer: paired_change()
     + higher_is_better, verdict, std_verdict}}, scores {model: {scorer: [..]}},
     kl {model: kl_statistics() + per_response, or {skipped}}, lengths {model:
-    {mean_tokens, hit_limit_fraction, generation_seconds}}, samples [{prompt,
-    completions {model: [..]}, scores {model: {scorer: [..]}}}], kl_note.
+    {mean_tokens, hit_limit_fraction, generation_seconds, tokens_per_second, mean_words, distinct_2,
+    top_reply_share, empty_fraction}}, expected_max (with k > 1 samples, lower-is-better scores: the
+    compare_scores of each prompt's worst sample), samples [{prompt, completions {model: [..]},
+    scores {model: {scorer: [..]}}}], kl_note.
     """
     from rlhfkit.data import prompt_text
     from rlhfkit.models.generation import GenerationSettings
@@ -221,6 +228,14 @@ def evaluate(models: dict, prompts, scorers, n_samples_per_prompt: int = 1, sett
                          + ("" if settings.top_k == 0 and settings.top_p >= 1 else
                             "; sampling used top-k/top-p truncation but log-probs are of the full distribution"))
     result["lengths"] = {m: _lengths(g, entries[m].tokenizer, settings.max_new_tokens) for m, g in gens.items()}
+    if k > 1:  # the worst of each prompt's samples, for scores where lower is better (expected maximum toxicity)
+        from rlhfkit.evaluation.quality import per_prompt_max
+
+        worst = {m: {s: per_prompt_max(scores[m][s]) for s, src in sources if not src.higher_is_better}
+                 for m in scores}
+        if any(worst.values()):
+            result["expected_max"] = compare_scores(worst, {s: False for s in next(iter(worst.values()))},
+                                                    baseline_name, **stats_kw)
     result["samples"] = [
         {"prompt": prompt_text(p),
          "completions": {m: g.texts[i * k:(i + 1) * k] for m, g in gens.items()},

@@ -146,12 +146,33 @@ def _kl_html(ev: dict) -> str:
     lengths = ev.get("lengths") or {}
     if lengths:
         limit = (ev.get("settings") or {}).get("max_new_tokens")
-        out += "<h3>Responses</h3>" + _table(
-            ["model", "mean length (tokens)", f"hit the {limit}-token limit", "generation time (s)"],
-            [[m, ("num", _num(v.get("mean_tokens"), 1)),
+        out += "<h3>Replies</h3>" + _table(
+            ["model", "mean length (tokens)", "mean words", f"hit the {limit}-token limit", "distinct-2",
+             "most frequent reply's share", "generation time (s)", "tokens/s"],
+            [[m, ("num", _num(v.get("mean_tokens"), 1)), ("num", _num(v.get("mean_words"), 1)),
               ("num", f"{100 * v['hit_limit_fraction']:.0f}%" if _finite(v.get("hit_limit_fraction")) else "n/a"),
-              ("num", _num(v.get("generation_seconds"), 1))] for m, v in lengths.items()])
+              ("num", _num(v.get("distinct_2"))), ("num", _pct_plain(v.get("top_reply_share"))),
+              ("num", _num(v.get("generation_seconds"), 1)), ("num", _num(v.get("tokens_per_second"), 1))]
+             for m, v in lengths.items()])
+        out += ('<p class="meta">Reward hacking shows here: a policy that found one safe reply has a short '
+                "length, a low distinct-2 (distinct word pairs over all word pairs) and a large share of one reply.</p>")
+    worst = ev.get("expected_max") or {}
+    if worst.get("summary"):
+        level = round(100 * (ev.get("level") or 0.95))
+        rows = []
+        for m, per in worst["summary"].items():
+            for scorer, x in per.items():
+                c = (worst.get("changes") or {}).get(m, {}).get(scorer)
+                rel = f"{_pct(c['relative_change'])} {_ci(c.get('relative_change_ci'))}" if c else ""
+                rows.append([m, scorer, ("num", _num(x["mean"])), ("num", _ci(x["mean_ci"])), ("num", rel)])
+        out += (f"<h3>Expected maximum over each prompt's {_e(ev.get('n_samples_per_prompt'))} samples</h3>"
+                + _table(["model", "score", "mean of the per-prompt maximum", f"{level}% CI",
+                          "relative change [CI]"], rows))
     return out
+
+
+def _pct_plain(x) -> str:
+    return f"{100 * x:.1f}%" if _finite(x) else "n/a"
 
 
 def _training_html(rows: list[dict]) -> str:

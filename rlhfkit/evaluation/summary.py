@@ -107,6 +107,13 @@ def _kl_lines(result: dict) -> list[str]:
         lines.append("response length: " + "; ".join(
             f"{m} {_num(v['mean_tokens'], 1)} tokens ({_pct_plain(v['hit_limit_fraction'])} hit the {limit}-token limit)"
             for m, v in lengths.items()))
+        if all("distinct_2" in v for v in lengths.values()):
+            lines.append("replies: " + "; ".join(
+                f"{m} distinct-2 {_num(v['distinct_2'])}, most frequent reply {_pct_plain(v['top_reply_share'])} "
+                f"of samples" for m, v in lengths.items()))
+    for model, per in (result.get("expected_max") or {}).get("changes", {}).items():
+        for scorer, c in per.items():
+            lines.append("expected maximum over each prompt's samples: " + change_line(scorer, c, "mean"))
     return lines
 
 

@@ -198,6 +198,12 @@ def sample(model, tokenizer, queries: list[list[int]], settings: GenerationSetti
     return [strip_response(row.tolist(), eos_id, tokenizer.pad_token_id) for row in new]
 
 
+def clean_completion(text: str) -> str:
+    """A decoded completion as text a file can carry: NUL characters (which byte-level tokenizers of
+    small or random models can decode to) removed, surrounding whitespace stripped."""
+    return text.replace("\x00", "").strip()
+
+
 def generate_completions(model, tokenizer, prompts: list[Prompt], n: int = 1, settings: GenerationSettings | None = None,
                          batch_size: int = 16, seed: int | None = 0, progress: bool = True,
                          max_prompt_tokens: int | None = None) -> list[list[str]]:
@@ -218,7 +224,7 @@ def generate_completions(model, tokenizer, prompts: list[Prompt], n: int = 1, se
             responses = sample(model, tokenizer, chunk, settings, num_return_sequences=n)
             texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
             for i in range(len(chunk)):
-                results.append([t.strip() for t in texts[i * n:(i + 1) * n]])
+                results.append([clean_completion(t) for t in texts[i * n:(i + 1) * n]])
             bar.update(len(chunk))
     model.train(was_training)
     return results

@@ -16,6 +16,8 @@ Spec grammar accepted by `get_reward` (and every `--reward` / `--by` flag):
               | "profanity:logit"            log((1 - p) / p), unbounded, same order
               | "toxicity"                   the toxicity probability p itself; lower is better
               | "vader"                      VADER sentiment compound score, in [-1, 1]
+              | "concise" [":" words]        1 - |words in the reply - target| / target, floored at 0
+                                             (target 12 by default): a format task
               | module ":" function          a Python function f(prompts, completions) -> list[float],
                                              e.g. "mypkg.rewards:length_bonus" (module must be importable)
               | model [":" label [":" mode]]  a sequence classifier (folder, hub id or embedded name):
@@ -43,7 +45,7 @@ from pathlib import Path
 
 from rlhfkit.errors import UserError
 from rlhfkit.rewards.base import RewardSource
-from rlhfkit.rewards.builtin import ProfanityReward, ToxicityReward, VaderReward
+from rlhfkit.rewards.builtin import ConciseReward, ProfanityReward, ToxicityReward, VaderReward
 from rlhfkit.rewards.classifier import (
     BUILTIN, ClassifierReward, classifier_logits, collate_features, encode_for_classifier,
 )
@@ -107,10 +109,12 @@ def _single(term: str, kwargs: dict) -> RewardSource:
         return ToxicityReward()
     if term == "vader":
         return VaderReward()
+    if term == "concise" or (term.startswith("concise:") and term[8:].isdigit()):
+        return ConciseReward(int(term[8:]) if ":" in term else 12)
     if Path(term).exists():
         return ClassifierReward(term, **kwargs)
     head, colon, rest = term.partition(":")
-    if head in ("profanity", "toxicity", "vader"):
+    if head in ("profanity", "toxicity", "vader", "concise"):
         raise UserError(f"reward '{term}': unknown option; built-in rewards are {', '.join(BUILTIN)}")
     if colon and _DOTTED.match(head) and not Path(head).exists() and ":" not in rest and _DOTTED.match(rest):
         from rlhfkit.models import EMBEDDED
@@ -131,6 +135,6 @@ def describe(source: RewardSource) -> dict:
 
 
 __all__ = [
-    "RewardSource", "classifier_logits", "ProfanityReward", "ToxicityReward", "VaderReward", "FunctionReward", "ClassifierReward",
+    "RewardSource", "classifier_logits", "ConciseReward", "ProfanityReward", "ToxicityReward", "VaderReward", "FunctionReward", "ClassifierReward",
     "WeightedSum", "get_reward", "encode_for_classifier", "collate_features", "describe", "BUILTIN",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 from rlhfkit.errors import UserError
 from rlhfkit.rewards.base import RewardSource
 
-BUILTIN = ("profanity", "profanity:logit", "toxicity", "vader")  # named in the error for a bad model
+BUILTIN = ("profanity", "profanity:logit", "toxicity", "vader", "concise[:WORDS]")  # named in the error for a bad model
 
 
 def encode_for_classifier(tokenizer, prompts: list[str], completions: list[str], pair_input: bool,

@@ -39,6 +39,14 @@ class Runtime:
                                 "fixed accelerate's precision; restart Python (or use bf16)") from None
             self.accelerator = Accelerator(**accelerator_kwargs)
             self._own_autocast = True
+        if mixed_precision == "bf16" and self.device.type == "cpu":
+            from rlhfkit.runtime import cpu_has_native_bf16
+
+            if not cpu_has_native_bf16():
+                import warnings
+
+                warnings.warn("mixed_precision bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): torch emulates "
+                              "bf16 matmuls, hundreds of times slower than float32; use mixed_precision 'no' here")
 
     def __getattr__(self, name):  # everything else is the Accelerator's
         if name == "accelerator":  # not built (yet): no recursion through __getattr__
