@@ -10,6 +10,9 @@
   ends bit for bit where the uninterrupted 2-process run ends (weights and metrics), with dropout on
   (SFT) and real sampling (PPO), so the per-process RNG states are restored too. The PPO run is
   stopped by killing process 1 outright: the launcher takes the run down (no hang).
+- FSDP2: accelerate 1.16 runs FSDP on GPUs only, so the driver forces its state onto the gloo processes
+  (torch's fully_shard runs there): SFT and PPO-with-LoRA through the sharded checkpoints (accelerate's
+  save_state) and gathered saves match the 1-process run and resume exactly.
 - Processes that disagree (a data file missing on one, different data) stop with one clear error on
   every process, before any collective.
 """
@@ -98,12 +101,69 @@ def same_batch_jobs(files, root: Path, world: int) -> list[dict]:
             for k, c in configs(files, world).items()]
 
 
+RESUMED = {  # name: (trainer, extra config, fixed responses, forced FSDP2)
+    "sft": ("sft", dict(save_every=2), False, False),  # dropout on: the per-process RNG states must come back
+    "reward": ("reward", dict(save_every=2, eval_fraction=0.0), True, False),
+    "grpo": ("grpo", dict(steps=4, save_every=2), True, False),
+    "sft-fsdp2": ("sft", dict(save_every=2), True, True),
+    "ppo-fsdp2": ("ppo", dict(save_every=2), True, True),  # 3 steps, the 1-process run's linear schedule
+    "ppo": ("ppo", dict(steps=4, save_every=2), False, False),  # real sampling; stopped by killing process 1
+}
+
+
+def resume_jobs(files, root: Path, part: str) -> list[dict]:
+    c = configs(files, 2)
+    jobs = []
+    for name, (kind, extra, fixed, fsdp2) in RESUMED.items():
+        job = {"kind": kind, "out": str(root / f"{name}-{'whole' if part == 'whole' else 'split'}"),
+               "config": dict(c[kind], **extra), "fixed_responses": fixed, "zero_dropout": fixed,
+               "force_fsdp2": fsdp2}
+        if part == "stopped":
+            job.update(stop_before_step=3, hard_stop=name == "ppo")  # a checkpoint holds step 2
+        if part == "resumed":
+            job["config"]["resume"] = True
+        jobs.append(job)
+    return jobs
+
+
+def disagreeing_jobs(files, root: Path) -> list[dict]:
+    """A data file missing on process 1, a shorter one there, a prompts file missing there."""
+    c, data = configs(files, 2), root / "data"
+    (data / "sft.rank0.jsonl").write_text(Path(files["sft"]).read_text())  # there is no sft.rank1.jsonl
+    (data / "sft.rank0.short.jsonl").write_text(Path(files["sft"]).read_text())
+    (data / "sft.rank1.short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS[:8]))
+    (data / "prompts.rank0.jsonl").write_text(Path(files["prompts"]).read_text())
+    return [
+        {"kind": "sft", "out": str(root / "missing"), "expect_error": True,
+         "config": dict(c["sft"], data=str(data / "sft.rank{rank}.jsonl"))},
+        {"kind": "sft", "out": str(root / "different"), "expect_error": True,
+         "config": dict(c["sft"], data=str(data / "sft.rank{rank}.short.jsonl"))},
+        {"kind": "ppo", "out": str(root / "prompts"), "expect_error": True,
+         "config": dict(c["ppo"], prompts=str(data / "prompts.rank{rank}.jsonl"))},
+    ]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The 2-process runs of every trainer (one launch), and the same runs in this process."""
+    """Three 2-process launches (each costs ~10 s of start-up here, so every scenario shares them):
+    1. every trainer with the same global batch as the 1-process runs, the disagreeing processes, and
+       the uninterrupted runs of the resume test; 2. those runs stopped before step 3 (the last, PPO,
+       by killing process 1); 3. the stopped runs resumed. Then the 1-process runs, in this process."""
     root = tmp_path_factory.mktemp("dist")
     files = data_files(root / "data")
-    proc = launch(same_batch_jobs(files, root, 2), root, "two")
+    first = same_batch_jobs(files, root, 2) + disagreeing_jobs(files, root) + resume_jobs(files, root, "whole")
+    start = time.time()
+    proc = launch(first, root, "first", timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    root.joinpath("first.seconds").write_text(str(time.time() - start))
+    start = time.time()
+    killed = launch(resume_jobs(files, root, "stopped"), root, "stopped", timeout=300)
+    root.joinpath("stopped.json").write_text(json.dumps({
+        "seconds": time.time() - start, "rc": killed.returncode,
+        "checkpoint": (root / "ppo-split" / "checkpoints" / "step-2").is_dir(),
+        "later checkpoint": (root / "ppo-split" / "checkpoints" / "step-4").exists(),
+        "model": (root / "ppo-split" / "model").exists()}))
+    proc = launch(resume_jobs(files, root, "resumed"), root, "resumed", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     for job in same_batch_jobs(files, root, 1):
         dist_driver.run_job(job)
@@ -186,74 +246,53 @@ def test_one_writer(runs):
 # ---------------------------------------------------------------- stop and resume
 
 
-def test_stopped_two_process_runs_resume_and_match(tmp_path):
-    files = data_files(tmp_path / "data")
-    c = configs(files, 2)
-    sampled = dict(c["ppo"], steps=4, save_every=2)  # real sampling: the per-process RNG states must be restored
-    runs = {
-        "sft": ("sft", dict(c["sft"], save_every=2)),  # dropout on: per-process RNG restored
-        "reward": ("reward", dict(c["reward"], save_every=2, eval_fraction=0.0)),
-        "grpo": ("grpo", dict(c["grpo"], steps=4, save_every=2)),
-        "ppo": ("ppo", sampled),  # last: stopped by killing process 1
-    }
-    whole = [{"kind": kind, "out": str(tmp_path / f"{name}-whole"), "config": cfg, "fixed_responses": name == "grpo"}
-             for name, (kind, cfg) in runs.items()]
-    stopped = [{"kind": kind, "out": str(tmp_path / f"{name}-split"), "config": cfg, "stop_before_step": 4,
-                "hard_stop": name == "ppo", "fixed_responses": name == "grpo"} for name, (kind, cfg) in runs.items()]
-    assert launch(whole, tmp_path, "whole").returncode == 0
-    start = time.time()
-    killed = launch(stopped, tmp_path, "stopped")
-    assert killed.returncode != 0  # process 1 died, and the launcher brought the run down
-    assert time.time() - start < 120
-    assert (tmp_path / "ppo-split" / "checkpoints" / "step-2").exists()
-    assert not (tmp_path / "ppo-split" / "model").exists()
-    resumed = [dict(job, config=dict(job["config"], resume=True), stop_before_step=None, hard_stop=False)
-               for job in stopped]
-    proc = launch(resumed, tmp_path, "resumed")
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    for name in runs:
-        a, b = model_file(tmp_path / f"{name}-whole"), model_file(tmp_path / f"{name}-split")
-        assert a.keys() == b.keys()
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+def test_a_killed_process_brings_the_launch_down_without_a_hang(runs):
+    stopped = json.loads((runs / "stopped.json").read_text())
+    assert stopped["rc"] != 0  # process 1 died, and the launcher ended process 0
+    assert stopped["seconds"] < 150  # the whole launch, six runs; the gloo timeout is 30 minutes: no hang
+    assert stopped["checkpoint"] and not stopped["later checkpoint"] and not stopped["model"]
+    assert "Signal 15" in (runs / "stopped.log").read_text() or "exitcode  : 137" in (runs / "stopped.log").read_text()
 
-        def rows(folder):
-            return [{k: v for k, v in r.items() if k != "seconds" and not k.startswith("time/")}
-                    for r in metric_rows(folder)]
-        assert rows(tmp_path / f"{name}-whole") == rows(tmp_path / f"{name}-split"), name
+
+@pytest.mark.parametrize("name", list(RESUMED))
+def test_stopped_two_process_runs_resume_and_match(runs, name):
+    a, b = model_file(runs / f"{name}-whole"), model_file(runs / f"{name}-split")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+    def rows(folder):
+        return [{k: v for k, v in r.items() if k != "seconds" and not k.startswith("time/")} for r in metric_rows(folder)]
+    assert rows(runs / f"{name}-whole") == rows(runs / f"{name}-split")
+
+
+@pytest.mark.parametrize("kind", ["sft", "ppo"])
+def test_fsdp2_on_gloo_matches_one_process(runs, kind):
+    """FSDP2 (forced onto the CPU, see dist_driver._force_fsdp2): sharded checkpoints and gathered saves
+    give the 1-process run's losses and weights (the resume above is exact under FSDP2 too)."""
+    assert (runs / f"{kind}-fsdp2-split" / "checkpoints" / "step-2" / "engine").is_dir()  # accelerate's sharded state
+    key = "train/loss" if kind == "sft" else "ppo/loss/total"
+    one = [r[key] for r in metric_rows(runs / f"{kind}-1p") if key in r]
+    sharded = [r[key] for r in metric_rows(runs / f"{kind}-fsdp2-whole") if key in r]
+    n = min(len(one), len(sharded))
+    assert n >= 3 and sharded[:n] == pytest.approx(one[:n], rel=LOSS_RTOL, abs=LOSS_ATOL)
+    if kind == "sft":  # the same 6 steps: the weights too
+        w1, w2 = model_file(runs / "sft-1p"), model_file(runs / "sft-fsdp2-whole")
+        assert w1.keys() == w2.keys()
+        assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= WEIGHT_ATOL
 
 
 # ---------------------------------------------------------------- processes that disagree
 
 
-def test_processes_that_disagree_stop_with_one_clear_error(tmp_path):
-    files = data_files(tmp_path / "data")
-    c = configs(files, 2)
-    only_rank0 = tmp_path / "data" / "sft.rank0.jsonl"  # there is no sft.rank1.jsonl
-    only_rank0.write_text(Path(files["sft"]).read_text())
-    fewer = tmp_path / "data" / "sft.rank1.short.jsonl"
-    (tmp_path / "data" / "sft.rank0.short.jsonl").write_text(Path(files["sft"]).read_text())
-    fewer.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:8]))
-    prompts0 = tmp_path / "data" / "prompts.rank0.jsonl"
-    prompts0.write_text(Path(files["prompts"]).read_text())
-    jobs = [
-        {"kind": "sft", "out": str(tmp_path / "missing"), "expect_error": True,
-         "config": dict(c["sft"], data=str(tmp_path / "data" / "sft.rank{rank}.jsonl"))},
-        {"kind": "sft", "out": str(tmp_path / "different"), "expect_error": True,
-         "config": dict(c["sft"], data=str(tmp_path / "data" / "sft.rank{rank}.short.jsonl"))},
-        {"kind": "ppo", "out": str(tmp_path / "prompts"), "expect_error": True,
-         "config": dict(c["ppo"], prompts=str(tmp_path / "data" / "prompts.rank{rank}.jsonl"))},
-    ]
-    start = time.time()
-    proc = launch(jobs, tmp_path, "disagree", timeout=180)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    assert time.time() - start < 120
+def test_processes_that_disagree_stop_with_one_clear_error(runs):
     for rank in (0, 1):  # the same message on both processes, naming the one that failed
-        missing = (tmp_path / "missing" / f"error_rank{rank}.txt").read_text()
-        assert "failed on 1 of 2 processes" in missing and "process 1:" in missing and "sft.rank1.jsonl" in missing
-        different = (tmp_path / "different" / f"error_rank{rank}.txt").read_text()
+        missing = (runs / "missing" / f"error_rank{rank}.txt").read_text()
+        assert "loading the SFT data failed on 1 of 2 processes" in missing and "process 1:" in missing
+        assert "sft.rank1.jsonl" in missing
+        different = (runs / "different" / f"error_rank{rank}.txt").read_text()
         assert "the processes disagree on the training run" in different and "'examples': 8" in different
-        prompts = (tmp_path / "prompts" / f"error_rank{rank}.txt").read_text()
-        assert "loading the prompts failed" in prompts and "prompts.rank1.jsonl" in prompts
+        prompts = (runs / "prompts" / f"error_rank{rank}.txt").read_text()
+        assert "loading the prompts failed on 1 of 2 processes" in prompts and "prompts.rank1.jsonl" in prompts
 
 
 def test_fsdp_or_deepspeed_on_a_cpu_only_machine_is_a_clear_error(monkeypatch):

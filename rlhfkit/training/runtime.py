@@ -108,7 +108,14 @@ class Runtime:
     def full_state_dict(self, model) -> dict | None:
         """The whole state dict of a prepared model where an engine splits it (FSDP, DeepSpeed), gathered:
         every process must call this (a collective); None where each process holds the whole model."""
-        return self.accelerator.get_state_dict(model) if self.sharded else None
+        if not self.sharded:
+            return None
+        state = self.accelerator.get_state_dict(model)
+        inner = self.accelerator.unwrap_model(model)
+        # tied weights (GPT-2's lm_head is its embedding) come back as separate copies: keep one name,
+        # as save_pretrained does for the shared tensors of an unsharded model
+        aliases = set(dict(inner.named_parameters(remove_duplicate=False))) - set(dict(inner.named_parameters()))
+        return {k: v for k, v in state.items() if k not in aliases}
 
 
 # ---------------------------------------------------------------- processes
