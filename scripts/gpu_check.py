@@ -120,10 +120,13 @@ def check(config: str, root: Path, data: dict, nproc: int, reference: dict | Non
     return ok, f"{t1 + t2:.0f}s; " + "; ".join(notes), got
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     n = gpus()
-    if n == 0:
-        print("gpu_check: no CUDA GPU here; the CPU side is tests/test_distributed.py")
+    configs = CONFIGS
+    if "--cpu-smoke" in argv:  # this script's own check where there is no GPU: the DDP config on 2 CPU processes
+        n, configs = 2, ["ddp"]
+    elif n == 0:
+        print("gpu_check: no CUDA GPU here; the CPU side is tests/test_distributed.py (or --cpu-smoke)")
         return 2
     nproc = min(n, 2)
     root = Path(tempfile.mkdtemp(prefix="rlhfkit-gpu-check-"))
@@ -138,7 +141,7 @@ def main() -> int:
     data = {k: str(v) for k, v in data.items()}
     print(f"gpu_check: {n} GPU(s), {nproc} process(es) per launch, folder {root}")
     results, reference = {}, None
-    for config in CONFIGS:
+    for config in configs:
         if config.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
             results[config] = (None, "skipped: pip install deepspeed")
             print(f"{config:16s} SKIP  {results[config][1]}", flush=True)
@@ -155,4 +158,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
