@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "rlhfkit.labeling",
     "rlhfkit.ppo_cli",
     "rlhfkit.evaluation_cli",
+    "rlhfkit.rag.cli",
     "rlhfkit.demo",
 ]
 
