@@ -112,8 +112,9 @@ class Chunker:
             if shrunk >= window:
                 shrunk = window - 1
             if shrunk < 4:
-                raise UserError(f"cannot cut {text[:40]!r}... into chunks within every token limit "
-                                f"({', '.join(f'{lim.what}: {lim.max_tokens}' for lim in self.limits)})")
+                raise UserError(f"cannot cut {text[:40]!r}... (title {title!r}) into chunks within every token "
+                                f"limit ({'; '.join(f'{lim.what}: {lim.max_tokens}' for lim in self.limits)}); "
+                                "lower --top-k or --max-new-tokens, or index for a policy with a longer context")
             window, overlap = shrunk, min(overlap, shrunk // 4)
 
     def _windows(self, text: str, window: int, overlap: int) -> list[tuple[int, int]]:
