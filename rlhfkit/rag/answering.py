@@ -200,6 +200,8 @@ class Answerer:
 
             self.model_name = model
             self.policy = load_policy(model, dtype=dtype, verbose=False)
+            if hasattr(self.policy.model, "merge_and_unload"):  # a LoRA adapter folder: fold it in, answers
+                self.policy.model = self.policy.model.merge_and_unload()  # only need inference
         else:
             self.model_name = getattr(model, "name", "policy")
             self.policy = model

@@ -8,9 +8,10 @@
    200-token chunks, 40 overlap) into a fresh SQLite index: chunks/s of the
    embedding step and of the whole run.
 2. Query latency: fills a store with N chunks for each N in `--sizes`: the real
-   chunks and their real embeddings, then (past the real ones) copies of them
-   whose vectors are the real vector plus Gaussian noise, renormalised (so
-   the store is N distinct vectors of the real distribution's shape). Then
+   chunks and their real embeddings, then (past the real ones) copies of their
+   texts whose vectors mix two real vectors (the chunk's own plus 0.6 times a
+   random other's, plus a little Gaussian noise, renormalised): N distinct
+   vectors spread like real ones, not near-duplicates that tie. Then
    `--queries` real questions (the shipped QA set's, then the first sentence
    of random real chunks) are searched: the query embedding and the store's
    k-nearest-neighbour search are timed apart, p50/p95 of each and of both.
@@ -113,7 +114,9 @@ def fill_store(url: str, chunks, vectors, n: int, noise: float, seed: int = 0) -
         vecs = vectors[src].copy()
         copies = idx >= real
         if copies.any():
-            vecs[copies] += rng.normal(0, noise, size=(int(copies.sum()), dim)).astype(np.float32)
+            m = int(copies.sum())
+            other = vectors[rng.integers(0, real, size=m)]
+            vecs[copies] += 0.6 * other + rng.normal(0, noise, size=(m, dim)).astype(np.float32)
             vecs[copies] /= np.linalg.norm(vecs[copies], axis=1, keepdims=True)
         path = f"/bench/file-{start // per_file:04d}"
         items = [StoredChunk(path, path, j, chunks[s].title, chunks[s].text, 1, 1) for j, s in enumerate(src)]
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--noise", type=float, default=0.02, help="per-dimension noise of the copied vectors")
+    parser.add_argument("--noise", type=float, default=0.01, help="per-dimension noise of the mixed vectors")
     parser.add_argument("--pg", default=os.environ.get("RLHFKIT_TEST_PG_URL"), help="also measure pgvector here "
                         "(its rag_ tables are dropped)")
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one, removed)")
