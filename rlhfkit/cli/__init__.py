@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "rlhfkit.cli.rloo",
     "rlhfkit.cli.eval",
     "rlhfkit.cli.demo",
+    "rlhfkit.cli.rag",
 ]
 
 
