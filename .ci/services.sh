@@ -3,8 +3,8 @@
 #
 #   eval "$(.ci/services.sh)"     # then `make test`
 #
-# Installs Debian's chromium and postgresql if missing (needs root), starts a
-# private PostgreSQL cluster on 127.0.0.1 (its own data folder and port, so it
+# Installs Debian's chromium and postgresql if missing (needs root), and the
+# pgvector extension (the RAG store's tests), starts a private PostgreSQL cluster on 127.0.0.1 (its own data folder and port, so it
 # never touches a system cluster), creates a role and database for the tests,
 # and prints one line for eval:
 #   export RLHFKIT_TEST_PG_URL=postgresql+psycopg://rlhfkit_test:...@127.0.0.1:PORT/rlhfkit_test
@@ -28,6 +28,38 @@ if ((${#need[@]})); then
 fi
 
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+PGVER=$(basename "$(dirname "$PGBIN")")
+
+# pgvector: Debian's postgresql-NN-pgvector where the archive has it; bookworm's has
+# none, so there it is built from Debian trixie's source package (fetched with apt from
+# the machine's own Debian mirror, checked against its signed index) against this server.
+install_pgvector() {
+  export DEBIAN_FRONTEND=noninteractive
+  if apt-cache show "postgresql-$PGVER-pgvector" >/dev/null 2>&1; then
+    apt-get install -y -qq --no-install-recommends "postgresql-$PGVER-pgvector" >&2
+    return
+  fi
+  local mirror tmp
+  mirror=$(apt-cache policy | awk '$3 ~ /\/main$/ && $2 ~ /debian$/ {print $2; exit}')
+  [ -n "$mirror" ] || { log "no Debian mirror in the apt sources to fetch pgvector's source from"; exit 1; }
+  log "building pgvector from Debian trixie's source package for PostgreSQL $PGVER"
+  apt-get install -y -qq --no-install-recommends "postgresql-server-dev-$PGVER" make gcc >&2
+  tmp=$(mktemp -d); chmod 755 "$tmp"  # apt downloads as the _apt user
+  mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial"
+  echo "deb-src $mirror trixie main" > "$tmp/sources.list"
+  local apt_src=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
+                 -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache")
+  apt-get "${apt_src[@]}" update -qq >&2
+  (cd "$tmp" && apt-get "${apt_src[@]}" source --download-only -qq pgvector >&2)
+  tar -xzf "$tmp"/pgvector_*.orig.tar.gz -C "$tmp"
+  make -s -C "$tmp"/pgvector-*/ PG_CONFIG="$PGBIN/pg_config" with_llvm=no >&2
+  make -s -C "$tmp"/pgvector-*/ PG_CONFIG="$PGBIN/pg_config" with_llvm=no install >&2
+  rm -rf "$tmp"
+}
+if [ ! -e "/usr/share/postgresql/$PGVER/extension/vector.control" ]; then
+  if [ "$(id -u)" != 0 ]; then log "missing pgvector for PostgreSQL $PGVER and not root; install postgresql-$PGVER-pgvector"; exit 1; fi
+  install_pgvector
+fi
 # Run PostgreSQL as the `postgres` user when root (it refuses to run as root).
 if [ "$(id -u)" = 0 ]; then as_pg() { runuser -u postgres -- "$@"; }; OWNER=postgres; else as_pg() { "$@"; }; OWNER=$(id -un); fi
 
@@ -59,6 +91,10 @@ if [ -z "$(psql_ -tAc "SELECT 1 FROM pg_roles WHERE rolname='$DB'")" ]; then
 fi
 if [ -z "$(psql_ -tAc "SELECT 1 FROM pg_database WHERE datname='$DB'")" ]; then
   psql_ -c "CREATE DATABASE $DB OWNER $DB" >&2
+fi
+# pgvector in the test database; CREATE EXTENSION needs the superuser.
+if [ -z "$(psql_ -d "$DB" -tAc "SELECT 1 FROM pg_extension WHERE extname='vector'")" ]; then
+  psql_ -d "$DB" -c "CREATE EXTENSION vector" >&2
 fi
 log "PostgreSQL ready; chromium at $(command -v chromium)"
 echo "export RLHFKIT_TEST_PG_URL=postgresql+psycopg://$DB:$PASSWORD@127.0.0.1:$PORT/$DB"

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Literal
 
 from rlhfkit.config import option, renamed, save_yaml
+from rlhfkit.errors import UserError
 
-STAGES = ("generate", "label", "reward", "ppo", "eval", "report")
+STAGES = ("generate", "label", "reward", "train", "eval", "report")  # "train": one stage per method
+ONLINE_METHODS = ("ppo", "grpo", "rloo")
 ASSETS = Path(__file__).parent / "assets"
 
 
@@ -30,8 +32,13 @@ ASSETS = Path(__file__).parent / "assets"
 class DemoConfig:
     preset: Literal["default", "quick"] = option("default", "default: smollm2-135m + minilm-l6 (~20 min on 2 cores); quick: tiny models (< 2 min)")
     output_dir: str = option("runs/demo", "run folder: one sub-folder per stage, report.html at the top")
-    from_stage: Literal["generate", "label", "reward", "ppo", "eval", "report"] | None = option(
-        None, "redo this stage and every later one (default: reuse finished stages)")
+    from_stage: str | None = option(None, "redo this stage (generate, label, reward, a method's name, eval, report) and "
+                                          "every later one (default: reuse finished stages)")
+    method: list[str] = option(["ppo"], "methods to train on the feedback, each in its own stage folder (ppo, grpo, "
+                                        "rloo); the first is the headline ('after' in the evaluation)")
+    direct_reward: str | None = option(None, "also train PPO directly on this reward spec (e.g. profanity: no labels, "
+                                             "no reward model), in the stage ppo-direct, to show what the reward "
+                                             "model costs")
     feedback: str | None = option(None, "human rankings exported by `rlhfkit label export --format rankings`; replaces generate+label")
     policy: str | None = option(None, "policy model (preset: smollm2-135m / tiny-gpt2)")
     reward_backbone: str | None = option(None, "reward-model backbone (preset: minilm-l6 / tiny-bert)")
@@ -50,6 +57,10 @@ class DemoConfig:
     ppo_epochs: int | None = option(None, "PPO optimisation epochs per batch (preset)")
     init_kl_coef: float | None = option(None, "KL penalty coefficient beta (preset)")
     n_eval_prompts: int | None = option(None, "held-out prompts used for evaluation (preset)")
+    eval_samples: int | None = option(None, "completions per held-out prompt and model (preset)")
+    eval_temperature: float = option(0.7, "sampling temperature of the evaluation, before and after alike")
+    eval_top_p: float = option(0.9, "nucleus sampling of the evaluation, before and after alike")
+    num_generations: int = option(4, "completions per prompt in a step of the group methods (grpo, rloo)")
     mixed_precision: Literal["no", "bf16"] | None = option(None, "bf16 autocast for PPO training passes (preset)")
     seed: int = option(0, "random seed for every stage")
 
@@ -58,12 +69,12 @@ PRESETS = {
     "default": dict(
         policy="smollm2-135m", reward_backbone="minilm-l6", n_label_prompts=160, k=4, max_new_tokens=32,
         reward_epochs=3, reward_lr=1e-4, ppo_steps=20, ppo_batch_size=16, ppo_lr=1e-4, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=200,
-        mixed_precision="no",
+        eval_samples=4, mixed_precision="no",
     ),
     "quick": dict(
         policy="tiny-gpt2", reward_backbone="tiny-bert", n_label_prompts=24, k=3, max_new_tokens=8,
         reward_epochs=1, reward_lr=1e-4, ppo_steps=3, ppo_batch_size=8, ppo_lr=1e-3, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=16,
-        mixed_precision="no",
+        eval_samples=2, mixed_precision="no",
     ),
 }
 
@@ -80,14 +91,22 @@ def resolve_preset(config: DemoConfig) -> DemoConfig:
 class Stages:
     """Run each stage once per settings; record what it ran with and how long it took."""
 
-    def __init__(self, root: Path, redo_from: str | None):
-        self.root = root
-        self.redo = set(STAGES[STAGES.index(redo_from):]) if redo_from else set()
+    def __init__(self, root: Path, redo_from: str | None, methods=()):
+        self.root, self.methods = root, tuple(methods)
+        self.redo: set[str] = set()
+        if redo_from:
+            self.redo = {redo_from} | self._after(redo_from)
         self.keys: dict[str, str] = {}
         self.timings: dict[str, float] = {}
 
     def folder(self, stage: str) -> Path:
         return self.root / stage
+
+    def _after(self, stage: str) -> set[str]:
+        """The stages downstream of `stage` (every method's stage is downstream of the reward model)."""
+        level = "train" if stage not in STAGES else stage
+        later = set(STAGES[STAGES.index(level) + 1:])
+        return later | (set(self.methods) if STAGES.index(level) < STAGES.index("train") else set())
 
     def run(self, stage: str, settings: dict, upstream: tuple[str, ...], work) -> Path:
         folder = self.folder(stage)
@@ -102,7 +121,7 @@ class Stages:
         if marker.exists():
             marker.unlink()
         # Anything downstream of a stage that runs again must run again too.
-        self.redo |= set(STAGES[STAGES.index(stage):])
+        self.redo |= self._after(stage)
         print(f"rlhfkit demo: [{stage}] running")
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -124,7 +143,13 @@ def run_demo(config: DemoConfig) -> dict:
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     save_yaml(config, root / "config.yaml")
-    stages = Stages(root, config.from_stage)
+    for method in config.method:
+        if method not in ONLINE_METHODS:
+            raise UserError(f"demo method {method!r}: choose from {', '.join(ONLINE_METHODS)}")
+    if config.from_stage and config.from_stage not in STAGES + tuple(config.method) + ("ppo-direct",):
+        raise UserError(f"--from {config.from_stage}: not a stage of this run; stages: generate, label, reward, "
+                        f"{', '.join(config.method)}, eval, report")
+    stages = Stages(root, config.from_stage, list(config.method) + (["ppo-direct"] if config.direct_reward else []))
     train_prompts = load_prompts(config.train_prompts)
     heldout = load_prompts(config.heldout_prompts)[: config.n_eval_prompts]
     if len(heldout) < config.n_eval_prompts:
@@ -142,31 +167,40 @@ def run_demo(config: DemoConfig) -> dict:
     stages.run("reward", {"backbone": config.reward_backbone, "epochs": config.reward_epochs, "lr": config.reward_lr,
                          "seed": config.seed},
                ("label",), lambda f: _reward(f, config, rankings))
-    ppo_settings = {**common, **{k: getattr(config, k) for k in ("ppo_steps", "ppo_batch_size", "ppo_lr", "ppo_epochs", "init_kl_coef", "mixed_precision")}}
-    ppo_prompts = train_prompts  # PPO sees every training prompt, labelled or not
-    stages.run("ppo", ppo_settings, ("reward",), lambda f: _ppo(f, stages, config, ppo_prompts))
-    stages.run("eval", {**common, "n": len(heldout), "scores": ["toxicity", "vader"]}, ("ppo",),
-               lambda f: _evaluate(f, stages, config, heldout))
-    stages.run("report", {}, ("eval",), lambda f: _report(f, stages, config))
+    trained = []
+    for method, reward in _method_stages(config, stages):
+        settings = {**common, "method": method, "reward": reward, "num_generations": config.num_generations,
+                    **{k: getattr(config, k) for k in ("ppo_steps", "ppo_batch_size", "ppo_lr", "ppo_epochs",
+                                                       "init_kl_coef", "mixed_precision")}}
+        # PPO and the group methods see every training prompt, labelled or not
+        stages.run(method, settings, ("reward",), lambda f, m=method, r=reward: _online(f, config, train_prompts, m, r))
+        trained.append(method)
+    stages.run("eval", {**common, "n": len(heldout), "samples": config.eval_samples, "methods": trained,
+                        "temperature": config.eval_temperature, "top_p": config.eval_top_p,
+                        "scores": ["toxicity", "vader"]}, tuple(trained),
+               lambda f: _evaluate(f, stages, config, heldout, trained))
+    stages.run("report", {}, ("eval",), lambda f: _report(f, stages, config, trained))
     result = json.loads((stages.folder("eval") / "eval.json").read_text())
     from rlhfkit.evaluation.summary import format_summary
 
     print(format_summary(result))
-    export_final_model(stages, result)
+    export_final_model(stages, result, trained[0])
     print("rlhfkit demo: stage times: " + ", ".join(f"{s} {t:.0f}s" for s, t in stages.timings.items()))
     print(f"rlhfkit demo: report: {stages.folder('report') / 'report.html'}")
     return result
 
 
-def export_final_model(stages: Stages, result: dict) -> Path:
-    """The tuned policy as a plain transformers folder, `OUT/model` (adapter merged, value head dropped),
-    whose model card carries the before/after evaluation: `pipeline("text-generation", model=OUT/model)`."""
+def export_final_model(stages: Stages, result: dict, method: str = "ppo") -> Path:
+    """The first method's tuned policy as a plain transformers folder, `OUT/model` (adapter merged,
+    value head dropped), whose model card carries its before/after evaluation:
+    `pipeline("text-generation", model=OUT/model)` loads it with no rlhfkit."""
     from rlhfkit.models.card import evaluation_rows
     from rlhfkit.models.export import export_model
 
-    out = export_model(stages.folder("ppo") / "model", stages.root / "model", merge=True,
-                       evaluation=evaluation_rows(result), evaluation_title="Evaluation (held-out prompts, "
-                                                                            "before vs after PPO)")
+    name = (result.get("methods") or {}).get(method, method)  # its name in the evaluation ("after" for ppo)
+    rows = [r for r in evaluation_rows(result) if r.get("model") == name]
+    out = export_model(stages.folder(method) / "model", stages.root / "model", merge=True, evaluation=rows,
+                       evaluation_title=f"Evaluation (held-out prompts, before vs after {method})")
     print(f"rlhfkit demo: plain transformers model (loads without rlhfkit): {out}")
     return out
 
@@ -218,38 +252,57 @@ def _reward(folder: Path, config: DemoConfig, rankings: Path) -> None:
     (folder / "reward_result.json").write_text(json.dumps(result, indent=1, default=str))
 
 
-def _ppo(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None:
+def _method_stages(config: DemoConfig, stages: Stages) -> list[tuple[str, str]]:
+    """(stage name, reward spec) of each method this run trains: the reward model, or the direct reward."""
+    model = str(stages.folder("reward") / "model")
+    out = [(m, model) for m in config.method]
+    return out + ([("ppo-direct", config.direct_reward)] if config.direct_reward else [])
+
+
+def _online(folder: Path, config: DemoConfig, prompts, method: str, reward: str) -> None:
+    """One online method on the policy with LoRA; `ppo-direct` is PPO on a reward spec, no reward model."""
+    from rlhfkit.methods.grpo import GRPOConfig, GRPOTrainer
     from rlhfkit.methods.ppo import PPOConfig, PPOTrainer
-    from rlhfkit.rewards import get_reward
+    from rlhfkit.methods.rloo import RLOOConfig, RLOOTrainer
 
-    ppo_config = PPOConfig(
-        model=config.policy, lora=True, output_dir=str(folder), steps=config.ppo_steps, batch_size=config.ppo_batch_size,
-        mini_batch_size=max(1, config.ppo_batch_size // 2), ppo_epochs=config.ppo_epochs, learning_rate=config.ppo_lr,
-        init_kl_coef=config.init_kl_coef, adaptive_kl=False, max_new_tokens=config.max_new_tokens,
-        mixed_precision=config.mixed_precision, seed=config.seed, save_every=10, normalize_scores=True,
-        report_to="tensorboard",
-    )
-    reward = get_reward(str(stages.folder("reward") / "model"))
-    PPOTrainer(ppo_config, dataset=prompts).train(reward)
+    trainer_cls, config_cls = {"grpo": (GRPOTrainer, GRPOConfig), "rloo": (RLOOTrainer, RLOOConfig)}.get(
+        method, (PPOTrainer, PPOConfig))
+    fields = dict(model=config.policy, lora=True, output_dir=str(folder), steps=config.ppo_steps,
+                  batch_size=config.ppo_batch_size, learning_rate=config.ppo_lr, max_new_tokens=config.max_new_tokens,
+                  mixed_precision=config.mixed_precision, seed=config.seed, save_every=10, normalize_scores=True,
+                  report_to="tensorboard")
+    if trainer_cls is PPOTrainer:
+        fields.update(mini_batch_size=max(1, config.ppo_batch_size // 2), ppo_epochs=config.ppo_epochs,
+                      init_kl_coef=config.init_kl_coef, adaptive_kl=False)
+    else:  # a group of samples per prompt, one on-policy update per batch, the KL in the reward (rloo) or none
+        fields.update(num_generations=config.num_generations, mini_batch_size=config.ppo_batch_size,
+                      gradient_accumulation_steps=max(1, config.ppo_batch_size // 8))
+        if method == "rloo":
+            fields.update(init_kl_coef=config.init_kl_coef)
+    trainer_cls(config_cls(**fields), dataset=prompts).train(reward)
 
 
-def _evaluate(folder: Path, stages: Stages, config: DemoConfig, prompts) -> None:
-    """Held-out prompts, before (adapters off) vs after (adapters on): the same network, no second copy."""
+def _evaluate(folder: Path, stages: Stages, config: DemoConfig, prompts, methods: list[str]) -> None:
+    """Held-out prompts: before (adapters off) against each tuned adapter on the same base. The first
+    method is "after"; the others keep their names."""
     from rlhfkit.evaluation import WithoutAdapters, evaluate, save_json
-    from rlhfkit.models.generation import GenerationSettings
     from rlhfkit.models import load_policy
+    from rlhfkit.models.generation import GenerationSettings
 
-    tuned = stages.folder("ppo") / "model"
-    policy = load_policy(str(tuned))
-    result = evaluate(
-        {"before": WithoutAdapters(policy), "after": policy}, prompts, ["toxicity", "vader"], baseline_name="before",
-        settings=GenerationSettings(max_new_tokens=config.max_new_tokens), seed=config.seed, batch_size=50,
-    )
-    result["models"] = {"before": f"{config.policy} (adapters off)", "after": str(tuned)}
+    names = {m: ("after" if i == 0 else m) for i, m in enumerate(methods)}
+    policies = {m: load_policy(str(stages.folder(m) / "model")) for m in methods}
+    models = {"before": WithoutAdapters(policies[methods[0]]), **{names[m]: p for m, p in policies.items()}}
+    settings = GenerationSettings(max_new_tokens=config.max_new_tokens, temperature=config.eval_temperature,
+                                  top_p=config.eval_top_p)
+    result = evaluate(models, prompts, ["toxicity", "vader"], n_samples_per_prompt=config.eval_samples,
+                      baseline_name="before", settings=settings, seed=config.seed, batch_size=64)
+    result["models"] = {"before": f"{config.policy} (adapters off)",
+                        **{names[m]: f"{m}: {stages.folder(m) / 'model'}" for m in methods}}
+    result["methods"] = names
     save_json(result, folder / "eval.json")
 
 
-def _report(folder: Path, stages: Stages, config: DemoConfig) -> None:
+def _report(folder: Path, stages: Stages, config: DemoConfig, methods: list[str]) -> None:
     from rlhfkit.evaluation.summary import format_summary
     from rlhfkit.evaluation.report import write_report
 
@@ -258,11 +311,29 @@ def _report(folder: Path, stages: Stages, config: DemoConfig) -> None:
     timings = {stage: round(seconds, 1) for stage, seconds in stages.timings.items()}
     write_report(
         folder, title=f"rlhfkit demo ({config.preset}): detoxifying {config.policy}", evaluation=result,
-        metrics=stages.folder("ppo") / "metrics.jsonl", config=asdict(config), summary_text=format_summary(result),
-        extra_sections=[("Reward model", _reward_summary(reward)), ("Stage times (seconds)", timings)],
+        metrics=stages.folder(methods[0]) / "metrics.jsonl", config=asdict(config), summary_text=format_summary(result),
+        extra_sections=[("Methods (held-out, paired against before)", _method_table(result, stages)),
+                        ("Reward model", _reward_summary(reward)), ("Stage times (seconds)", timings)],
     )
     # The report at the top of the run folder, where people look first.
     (stages.root / "report.html").write_bytes((folder / "report.html").read_bytes())
+
+
+def _method_table(result: dict, stages: Stages) -> list[dict]:
+    """One row per trained method: toxicity change with its CI, KL, reply quality, training minutes."""
+    rows = []
+    for method, name in (result.get("methods") or {}).items():
+        c = result["changes"][name]["toxicity"]
+        quality, kl = result["lengths"][name], result["kl"].get(name, {})
+        worst = ((result.get("expected_max") or {}).get("changes") or {}).get(name, {}).get("toxicity", {})
+        rows.append({"method": method, "model": name, "toxicity before": c["before_mean"], "after": c["after_mean"],
+                     "relative change": c["relative_change"], "CI low": c["relative_change_ci"][0],
+                     "CI high": c["relative_change_ci"][1],
+                     "expected max change": worst.get("relative_change"), "KL (nats)": kl.get("mean"),
+                     "mean words": quality.get("mean_words"), "distinct-2": quality.get("distinct_2"),
+                     "top reply share": quality.get("top_reply_share"),
+                     "train minutes": stages.timings.get(method, 0.0) / 60})
+    return rows
 
 
 def _reward_summary(result: dict) -> list[dict]:

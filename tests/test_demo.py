@@ -92,4 +92,21 @@ def test_quick_demo_leaves_a_tracker_a_model_card_and_a_plain_exported_model(qui
     meta = card_metadata(quick_run / "model")
     assert meta["pipeline_tag"] == "text-generation" and "ppo" in meta["tags"]
     card = (quick_run / "model" / "README.md").read_text()
-    assert "before vs after PPO" in card and "toxicity mean" in card
+    assert "before vs after ppo" in card and "toxicity mean" in card
+
+
+def test_more_methods_and_a_direct_reward_land_beside_ppo(quick_run, capsys):
+    """The group methods and PPO on the classifier itself train in their own stage folders, reuse the
+    ranking and reward stages, and are compared with PPO in one evaluation and report."""
+    assert main(["demo", "--preset", "quick", "--out", str(quick_run), "--method", "ppo", "grpo", "rloo",
+                 "--direct-reward", "profanity"]) == 0
+    out = capsys.readouterr().out
+    assert "[reward] reusing" in out and "[ppo] reusing" in out and "[grpo] running" in out
+    for stage in ("grpo", "rloo", "ppo-direct"):
+        assert (quick_run / stage / "model" / "adapter_config.json").exists(), stage
+    result = json.loads((quick_run / "eval" / "eval.json").read_text())
+    assert set(result["changes"]) == {"after", "grpo", "rloo", "ppo-direct"}
+    assert result["methods"]["ppo"] == "after"
+    html = (quick_run / "report.html").read_text()
+    assert "ppo-direct" in html and "Expected maximum" in html and "distinct-2" in html
+    assert main(["demo", "--preset", "quick", "--out", str(quick_run), "--method", "dqn"]) == 2

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "rlhfkit.cli.eval",
     "rlhfkit.cli.export",
     "rlhfkit.cli.demo",
+    "rlhfkit.cli.rag",
 ]
 
 

@@ -11,5 +11,6 @@ from rlhfkit.demo import STAGES, DemoConfig, run_demo
 def add_command(subparsers) -> None:
     parser = add_config_command(subparsers, "demo", "the whole pipeline on the embedded default, offline", DemoConfig,
                                 run_demo, skip=("from_stage",))
-    parser.add_argument("--from", dest="from_stage", choices=STAGES, default=argparse.SUPPRESS,
-                        help="redo this stage and every later one (default: reuse finished stages)")
+    parser.add_argument("--from", dest="from_stage", default=argparse.SUPPRESS, metavar="STAGE",
+                        help="redo this stage (" + ", ".join(s for s in STAGES if s != "train") + ", or a method's "
+                             "stage: ppo, grpo, rloo, ppo-direct) and every later one (default: reuse finished stages)")
