@@ -139,7 +139,8 @@ def main(argv: list[str]) -> int:
                                    for i in range(12)))
     data["prompts"].write_text("".join(json.dumps({"prompt": p}) + "\n" for p in dist_driver.PROMPTS))
     data = {k: str(v) for k, v in data.items()}
-    print(f"gpu_check: {n} GPU(s), {nproc} process(es) per launch, folder {root}")
+    where = "CPU smoke run (gloo)" if "--cpu-smoke" in argv else f"{n} GPU(s)"
+    print(f"gpu_check: {where}, {nproc} process(es) per launch, folder {root}")
     results, reference = {}, None
     for config in configs:
         if config.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
