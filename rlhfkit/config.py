@@ -249,7 +249,17 @@ class SamplingFields:
 
 
 @dataclasses.dataclass
-class OptimFields:
+class ReportFields:
+    """Where a trainer reports: experiment trackers, and the Hub (every trainer has these through OptimFields)."""
+
+    report_to: str = option("none", "experiment trackers: none, tensorboard, trackio, wandb, mlflow (comma-separated "
+                                    "for several; rlhfkit.training.tracking)")
+    push_to_hub: str | None = option(None, "upload the saved model folder (with its model card) to this Hub repo "
+                                           "id, e.g. user/name (needs network access and a token)")
+
+
+@dataclasses.dataclass
+class OptimFields(ReportFields):
     learning_rate: float = option(5e-5, "peak learning rate (AdamW)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float | None = option(1.0, "clip the gradient norm (None = off)")

@@ -184,9 +184,25 @@ def run_demo(config: DemoConfig) -> dict:
     from rlhfkit.evaluation.summary import format_summary
 
     print(format_summary(result))
+    export_final_model(stages, result, trained[0])
     print("rlhfkit demo: stage times: " + ", ".join(f"{s} {t:.0f}s" for s, t in stages.timings.items()))
     print(f"rlhfkit demo: report: {stages.folder('report') / 'report.html'}")
     return result
+
+
+def export_final_model(stages: Stages, result: dict, method: str = "ppo") -> Path:
+    """The first method's tuned policy as a plain transformers folder, `OUT/model` (adapter merged,
+    value head dropped), whose model card carries its before/after evaluation:
+    `pipeline("text-generation", model=OUT/model)` loads it with no rlhfkit."""
+    from rlhfkit.models.card import evaluation_rows
+    from rlhfkit.models.export import export_model
+
+    name = (result.get("methods") or {}).get(method, method)  # its name in the evaluation ("after" for ppo)
+    rows = [r for r in evaluation_rows(result) if r.get("model") == name]
+    out = export_model(stages.folder(method) / "model", stages.root / "model", merge=True, evaluation=rows,
+                       evaluation_title=f"Evaluation (held-out prompts, before vs after {method})")
+    print(f"rlhfkit demo: plain transformers model (loads without rlhfkit): {out}")
+    return out
 
 
 def _use_feedback(stages: Stages, config: DemoConfig) -> Path:
@@ -231,7 +247,7 @@ def _reward(folder: Path, config: DemoConfig, rankings: Path) -> None:
 
     result = train_reward_model(RewardConfig(
         model=config.reward_backbone, data=str(rankings), output_dir=str(folder / "model"), epochs=config.reward_epochs,
-        learning_rate=config.reward_lr, seed=config.seed, mixed_precision="no",
+        learning_rate=config.reward_lr, seed=config.seed, mixed_precision="no", report_to="tensorboard",
     ))
     (folder / "reward_result.json").write_text(json.dumps(result, indent=1, default=str))
 
@@ -253,7 +269,8 @@ def _online(folder: Path, config: DemoConfig, prompts, method: str, reward: str)
         method, (PPOTrainer, PPOConfig))
     fields = dict(model=config.policy, lora=True, output_dir=str(folder), steps=config.ppo_steps,
                   batch_size=config.ppo_batch_size, learning_rate=config.ppo_lr, max_new_tokens=config.max_new_tokens,
-                  mixed_precision=config.mixed_precision, seed=config.seed, save_every=10, normalize_scores=True)
+                  mixed_precision=config.mixed_precision, seed=config.seed, save_every=10, normalize_scores=True,
+                  report_to="tensorboard")
     if trainer_cls is PPOTrainer:
         fields.update(mini_batch_size=max(1, config.ppo_batch_size // 2), ppo_epochs=config.ppo_epochs,
                       init_kl_coef=config.init_kl_coef, adaptive_kl=False)

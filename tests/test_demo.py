@@ -81,6 +81,20 @@ def test_bad_feedback_file_stops_before_training(tmp_path, write_jsonl, capsys):
     assert "row 1" in err and "'ranks'" in err and not (tmp_path / "run" / "reward").exists()
 
 
+def test_quick_demo_leaves_a_tracker_a_model_card_and_a_plain_exported_model(quick_run):
+    from rlhfkit.models.card import card_metadata
+
+    assert list((quick_run / "ppo" / "logs").rglob("events.out.tfevents.*"))  # TensorBoard
+    assert list((quick_run / "reward" / "model" / "logs").rglob("events.out.tfevents.*"))
+    names = {p.name for p in (quick_run / "model").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md"} <= names
+    assert not names & {"adapter_config.json", "value_head.safetensors"}
+    meta = card_metadata(quick_run / "model")
+    assert meta["pipeline_tag"] == "text-generation" and "ppo" in meta["tags"]
+    card = (quick_run / "model" / "README.md").read_text()
+    assert "before vs after ppo" in card and "toxicity mean" in card
+
+
 def test_more_methods_and_a_direct_reward_land_beside_ppo(quick_run, capsys):
     """The group methods and PPO on the classifier itself train in their own stage folders, reuse the
     ranking and reward stages, and are compared with PPO in one evaluation and report."""

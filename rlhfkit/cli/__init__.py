@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "rlhfkit.cli.grpo",
     "rlhfkit.cli.rloo",
     "rlhfkit.cli.eval",
+    "rlhfkit.cli.export",
     "rlhfkit.cli.demo",
     "rlhfkit.cli.rag",
 ]

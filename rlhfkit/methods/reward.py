@@ -239,7 +239,9 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
     from rlhfkit.config import save_yaml
     from rlhfkit.training.supervised import LoopSettings, SupervisedLoop, latest_checkpoint
 
-    train, held_out = _prepare(config)
+    from rlhfkit.training.runtime import everywhere
+
+    train, held_out = everywhere(lambda: _prepare(config), "preference data")  # one process stops: all stop
     out = Path(config.output_dir)
     random.seed(config.seed)
     model, tokenizer = load_reward_backbone(config.model, config.seed)
@@ -286,9 +288,13 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
                                  "accuracy": r["train/epoch_accuracy"], "seconds": r["seconds"]})
         if "eval/loss" in r:
             history["eval"].append({"epoch": r["epoch"], **{k[5:]: v for k, v in r.items() if k.startswith("eval/")}})
+    full = loop.runtime.full_state_dict(loop.model)  # FSDP / DeepSpeed: gathered from every process
     if loop.runtime.is_main_process:
-        loop.unwrapped.save_pretrained(out)
+        from rlhfkit.models.card import publish
+
+        loop.unwrapped.save_pretrained(out, **({"state_dict": full} if full is not None else {}))
         tokenizer.save_pretrained(out)
+        publish(out, "reward", config, datasets=[config.data, config.eval_data], history=loop.history)
     final = history["eval"][-1] if history["eval"] else None
     if final:
         print(f"rlhfkit reward: held-out pairwise accuracy {final['accuracy']:.1%} on {final['pairs']} pairs; "

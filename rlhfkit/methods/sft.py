@@ -155,7 +155,8 @@ def _token_logprobs(model, batch, seq2seq: bool):
 
     labels = batch["labels"]
     if seq2seq:
-        decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=labels.clamp(min=0))
+        inner = getattr(model, "module", model)  # under DDP the model's own methods are on .module
+        decoder_ids = inner.prepare_decoder_input_ids_from_labels(labels=labels.clamp(min=0))
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        decoder_input_ids=decoder_ids).logits
         targets = labels
@@ -233,7 +234,10 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if config.merge and not config.lora:
         raise UserError("--merge only applies with --lora (full fine-tuning already saves the whole model)")
-    examples = load_sft_rows(config.data)  # every row validated before the model is even loaded
+    from rlhfkit.training.runtime import everywhere
+
+    # every row validated before the model is even loaded, on every process (one stops: all stop)
+    examples = everywhere(lambda: load_sft_rows(config.data), "SFT data")
     if config.limit:
         examples = examples[: config.limit]
     rng = random.Random(config.seed)
@@ -260,6 +264,9 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
                             config.gradient_accumulation_steps, config.mixed_precision, config.log_every,
                             config.save_every, config.seed)
     loop = SupervisedLoop(model, settings, plan, out, config)
+    if config.merge and loop.runtime.sharded:
+        raise UserError("--merge under FSDP/DeepSpeed is not supported; save the adapter and run "
+                        "`rlhfkit export --model DIR --merge --out DIR`")
     if config.resume and latest_checkpoint(out) is not None:
         loop.load_state(out)
         print(f"rlhfkit sft: resuming at step {loop.step} of {loop.total_steps}")
@@ -280,12 +287,16 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
         return extra
 
     history = loop.fit(task, after_epoch, progress)
+    full = loop.runtime.full_state_dict(loop.model)  # FSDP / DeepSpeed: gathered from every process
     if loop.runtime.is_main_process:
-        _save(loop.unwrapped, tokenizer, config, out)
+        from rlhfkit.models.card import publish
+
+        _save(loop.unwrapped, tokenizer, config, out, full)
+        publish(out, "sft", config, datasets=[config.data], history=history)
     return {"steps": [row["loss"] for row in loop.steps], "epochs": history, "out": str(out)}
 
 
-def _save(model, tokenizer, config: SFTConfig, out: Path) -> None:
+def _save(model, tokenizer, config: SFTConfig, out: Path, state_dict: dict | None = None) -> None:
     from rlhfkit.models import EMBEDDED
 
     if config.lora and config.merge:
@@ -295,7 +306,7 @@ def _save(model, tokenizer, config: SFTConfig, out: Path) -> None:
         what = "LoRA adapter"
     else:
         what = "model"
-    model.save_pretrained(out)
+    model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(out)
     adapter_file = out / "adapter_config.json"
     if config.lora and not config.merge and config.model in EMBEDDED and adapter_file.exists():

@@ -20,6 +20,7 @@ from rlhfkit.config import save_yaml
 from rlhfkit.errors import UserError
 
 STATE_FILE, WEIGHTS_FILE, OPTIMIZER_FILE = "trainer_state.json", "trainable.safetensors", "optimizer.pt"
+ENGINE_DIR = "engine"  # accelerate's save_state of the sharded weights and optimizer (FSDP, DeepSpeed)
 
 
 def trainable_state(model) -> dict:
@@ -38,16 +39,21 @@ def save_checkpoint(folder, runtime, config, model, optimizer, scheduler, state:
 
     folder = Path(folder)
     partial = folder.with_name(folder.name + ".partial")
+    sharded = getattr(runtime, "sharded", False)
     runtime.wait_for_everyone()
     if runtime.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         save_yaml(config, partial / "config.yaml")
-        save_file(trainable_state(model), str(partial / WEIGHTS_FILE))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None},
-                   partial / OPTIMIZER_FILE)
+        if not sharded:
+            save_file(trainable_state(model), str(partial / WEIGHTS_FILE))
+        torch.save({"optimizer": None if sharded else optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler else None}, partial / OPTIMIZER_FILE)
         (partial / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
     runtime.wait_for_everyone()
+    if sharded:  # FSDP / DeepSpeed: each process writes its shards of the weights and optimizer state
+        runtime.save_state(str(partial / ENGINE_DIR))
+        runtime.wait_for_everyone()
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save(rng, partial / f"rng_state_{runtime.process_index}.pt")
@@ -65,15 +71,24 @@ def load_checkpoint(folder, runtime, model, optimizer, scheduler) -> dict:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    device = runtime.device
-    weights = load_file(str(folder / WEIGHTS_FILE), device=str(device))
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != trainable:
-        raise UserError(f"{folder}: checkpoint weights do not match this model ({len(set(weights) ^ trainable)} "
-                        "names differ); resume with the same model and LoRA settings")
-    model.load_state_dict(weights, strict=False)
+    # safetensors and torch.load take "cpu", not the "cpu:0" that accelerate's gloo processes run on
+    device = "cpu" if runtime.device.type == "cpu" else str(runtime.device)
+    sharded = getattr(runtime, "sharded", False)
+    if sharded != (folder / ENGINE_DIR).is_dir():
+        raise UserError(f"{folder}: saved {'with' if not sharded else 'without'} a sharding engine (FSDP/DeepSpeed); "
+                        "resume with the launch config it was saved with")
+    if sharded:
+        runtime.load_state(str(folder / ENGINE_DIR))
+    else:
+        weights = load_file(str(folder / WEIGHTS_FILE), device=device)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        if set(weights) != trainable:
+            raise UserError(f"{folder}: checkpoint weights do not match this model ({len(set(weights) ^ trainable)} "
+                            "names differ); resume with the same model and LoRA settings")
+        model.load_state_dict(weights, strict=False)
     opt = torch.load(folder / OPTIMIZER_FILE, weights_only=False, map_location=device)
-    optimizer.load_state_dict(opt["optimizer"])
+    if opt["optimizer"] is not None:
+        optimizer.load_state_dict(opt["optimizer"])
     if scheduler is not None and opt["scheduler"] is not None:
         scheduler.load_state_dict(opt["scheduler"])
     state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))

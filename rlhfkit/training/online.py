@@ -30,11 +30,11 @@ from rlhfkit.models.speed import SpeedSettings, apply_speed_settings, checkpoint
 from rlhfkit.models.value_head import ModelWithValueHead
 from rlhfkit.ops.kl import kl_controller
 from rlhfkit.ops.masked import RunningMoments
-from rlhfkit.training import experience, monitor
+from rlhfkit.training import experience, monitor, tracking
 from rlhfkit.training.checkpoint import STATE_FILE, RunLog, find_checkpoint, load_checkpoint, save_checkpoint
 from rlhfkit.training.online_config import OnlineConfig
 from rlhfkit.training.prompts import PromptStream, load_prompt_dataset
-from rlhfkit.training.runtime import Runtime, make_optimizer
+from rlhfkit.training.runtime import Runtime, agree, everywhere, make_optimizer
 from rlhfkit.training.update import optimise
 
 
@@ -50,10 +50,13 @@ class OnlineTrainer:
     def __init__(self, config: OnlineConfig, model=None, ref_model=None, tokenizer=None, dataset=None, optimizer=None):
         from accelerate.utils import set_seed
 
+        from rlhfkit.models.card import check_push
+
         config.validate()
+        check_push(config.push_to_hub)  # before any training, not after it
         self.config = config
         set_seed(config.seed)
-        self.runtime = Runtime(config.mixed_precision)
+        self.runtime = Runtime(config.mixed_precision, **tracking.accelerator_kwargs(config, config.output_dir))
         model, self.tokenizer = _load_model(config, model, tokenizer)
         self.seq2seq, self.critic = model.is_encoder_decoder, config.uses_critic
         if not self.critic:
@@ -88,9 +91,12 @@ class OnlineTrainer:
         self.warned: set[str] = set()
         self.trend: list[dict] = []
         self.log = RunLog(self.run_dir, self.runtime.is_main_process, config.samples_per_step)
-        self.prompts, self.queries = load_prompt_dataset(config, self.tokenizer, dataset)
+        self.prompts, self.queries = everywhere(lambda: load_prompt_dataset(config, self.tokenizer, dataset), "prompts")
         self.stream = PromptStream(len(self.queries or []) or 1, config.batch_size, config.num_generations, config.seed,
                                    self.runtime.process_index, self.runtime.num_processes)
+        if self.runtime.num_processes > 1:  # each process samples its share of prompts from a stream of its own
+            set_seed(config.seed + self.runtime.process_index)
+        tracking.start(self.runtime, config, config.output_dir, self.progress_name)
 
     # ------------------------------------------------------------ parts
 
@@ -203,6 +209,7 @@ class OnlineTrainer:
                 row[k] = float(v)
         self.history.append(row)
         self.log.append(row, self.step_count, batch, scores)
+        tracking.log(self.runtime, row, self.step_count)
 
     # ------------------------------------------------------------ the whole loop
 
@@ -215,10 +222,16 @@ class OnlineTrainer:
 
         from rlhfkit.data import prompt_text
 
+        import hashlib
+        import json
+
         steps = steps or self.config.steps
-        reward = self._reward(reward)
+        reward = everywhere(lambda: self._reward(reward), "reward")
         if self.queries is None:
             raise UserError("no prompts to train on: pass dataset=... or set prompts in the config")
+        # every process must start from the same step on the same prompts, or the collectives pair up wrongly
+        agree({"start step": self.step_count, "steps": steps, "prompts": len(self.queries),
+               "digest": hashlib.sha256(json.dumps(self.queries).encode()).hexdigest()[:12]}, "the training run")
         main = self.runtime.is_main_process
         if self.run_dir is not None and main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -251,6 +264,11 @@ class OnlineTrainer:
             if not (last / STATE_FILE).exists():
                 self.save(last)
             self.save_pretrained(self.run_dir / "model")
+            if self.config.push_to_hub and main:
+                from rlhfkit.models.card import push_folder
+
+                print(f"rlhfkit {self.progress_name}: pushed to {push_folder(self.run_dir / 'model', self.config.push_to_hub)}")
+        tracking.finish(self.runtime)
         return self.history
 
     progress_name = "online"
@@ -266,9 +284,22 @@ class OnlineTrainer:
     def save_pretrained(self, folder) -> None:
         """The policy for use elsewhere: save_pretrained (the adapter with LoRA), tokenizer, value head."""
         self.runtime.wait_for_everyone()
+        full = self.runtime.full_state_dict(self.model)  # FSDP / DeepSpeed: gathered from every process
         if self.runtime.is_main_process:
-            self.unwrapped.save_pretrained(folder, with_value_head=self.critic)
+            from rlhfkit.models.card import write_model_card
+
+            if full is None:
+                self.unwrapped.save_pretrained(folder, with_value_head=self.critic)
+            else:
+                _save_gathered(self.unwrapped, full, folder, self.critic)
             self.tokenizer.save_pretrained(str(folder))
+            last = {k: v for k, v in (self.history[-1] if self.history else {}).items()
+                    if k in ("step", "env/reward_mean", "objective/kl", "ppo/loss/total", "tokens/responses_len_mean")}
+            write_model_card(folder, method=self.progress_name, base_model=self.config.model, config=self.config,
+                             datasets=[self.config.prompts] if isinstance(self.config.prompts, str) else [],
+                             metrics=last, repo_id=self.config.push_to_hub,
+                             notes="The value head (critic) is saved beside the policy as value_head.safetensors; "
+                                   "`rlhfkit export` drops it." if self.critic else "")
 
     def state_dict(self) -> dict:
         """The loop's own state (what a checkpoint needs beyond weights, optimizer and RNGs)."""
@@ -307,6 +338,20 @@ class OnlineTrainer:
         trainer = cls(config, model, ref_model, tokenizer, dataset)
         trainer.load_state(folder)
         return trainer
+
+
+def _save_gathered(model: ModelWithValueHead, state: dict, folder, with_value_head: bool) -> None:
+    """save_pretrained from a gathered state dict (`pretrained_model.*` and `v_head.*` keys)."""
+    from safetensors.torch import save_file
+
+    from rlhfkit.models.value_head import VALUE_HEAD_FILE
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    inner = {k[len("pretrained_model."):]: v for k, v in state.items() if k.startswith("pretrained_model.")}
+    model.pretrained_model.save_pretrained(str(folder), state_dict=inner)
+    if with_value_head:
+        head = {k[len("v_head."):]: v.contiguous().cpu() for k, v in state.items() if k.startswith("v_head.")}
+        save_file(head, str(Path(folder) / VALUE_HEAD_FILE))
 
 
 # ---------------------------------------------------------------- setup

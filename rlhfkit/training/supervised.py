@@ -12,6 +12,7 @@ progress bars, metrics.jsonl, checkpoints every `save_every` steps and exact res
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -22,8 +23,9 @@ from typing import Callable, Protocol
 import torch
 
 from rlhfkit.errors import UserError
+from rlhfkit.training import tracking
 from rlhfkit.training.checkpoint import STATE_FILE, find_checkpoint, load_checkpoint, save_checkpoint
-from rlhfkit.training.runtime import Runtime, linear_schedule, make_optimizer
+from rlhfkit.training.runtime import Runtime, agree, linear_schedule, make_optimizer
 
 
 class SupervisedTask(Protocol):
@@ -56,7 +58,11 @@ class SupervisedLoop:
             raise UserError("gradient_accumulation_steps must be at least 1")
         self.settings, self.plan, self.config = settings, plan, config
         self.output_dir = Path(output_dir)
-        self.runtime = runtime or Runtime(settings.mixed_precision)
+        from rlhfkit.models.card import check_push
+
+        check_push(getattr(config, "push_to_hub", None))  # before any training, not after it
+        self.runtime = runtime or Runtime(settings.mixed_precision, **tracking.accelerator_kwargs(config, output_dir))
+        tracking.start(self.runtime, config, self.output_dir, _method_name(config))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, settings.learning_rate, settings.weight_decay)
         self.model, self.optimizer = self.runtime.prepare_model_and_optimizer(model, optimizer)
@@ -78,9 +84,14 @@ class SupervisedLoop:
         """One optimisation step on a batch: this process's share in micro-batches, one optimizer step."""
         rt, acc = self.runtime, self.settings.gradient_accumulation_steps
         mine = self._shard(indices)
+        # a batch smaller than the number of processes leaves some with nothing: they still run one
+        # example with zero weight, so every process joins DDP's gradient all-reduce
+        idle = not mine
+        mine = indices[:1] if idle else mine
         size = max(1, math.ceil(len(mine) / acc))
         micro = [mine[i:i + size] for i in range(0, len(mine), size)] or [[]]
-        total = rt.reduce_sum(torch.tensor(float(sum(task.units(m) for m in micro)), device=rt.device))
+        units = 0 if idle else sum(task.units(m) for m in micro)
+        total = rt.reduce_sum(torch.tensor(float(units), device=rt.device))
         total = total.clamp(min=1)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -89,11 +100,12 @@ class SupervisedLoop:
             with rt.no_sync_unless(k == len(micro) - 1, self.model), rt.autocast():
                 loss_sum, stats = task.loss(self.model, m)
             # DDP averages gradients over processes: scale so their mean is the global batch's mean
-            loss = loss_sum.float() * rt.num_processes / total
+            loss = loss_sum.float() * (0.0 if idle else rt.num_processes / total)
             if not torch.isfinite(loss):
                 raise UserError(f"non-finite loss at step {self.step + 1}; lower learning_rate")
             rt.backward(loss)
             for key, v in {"loss": loss_sum.item(), **stats}.items():
+                v = 0.0 if idle else v
                 sums[key] = sums.get(key, 0.0) + float(v)
         if self.settings.max_grad_norm is not None:
             rt.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.settings.max_grad_norm)
@@ -118,6 +130,11 @@ class SupervisedLoop:
         metrics = self.output_dir / "metrics.jsonl"
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+        # every process must run the same plan from the same step, or the collectives pair up wrongly
+        everything = sorted({i for epoch in self.plan for batch in epoch for i in batch})
+        agree({"start step": self.step, "steps": self.total_steps, "examples": len(everything),
+               "units": int(task.units(everything)),
+               "plan": hashlib.sha256(json.dumps(self.plan).encode()).hexdigest()[:12]}, "the training run")
         done = 0
         for epoch, batches in enumerate(self.plan, 1):
             if done + len(batches) <= self.step:  # finished before a resume
@@ -147,12 +164,14 @@ class SupervisedLoop:
                 record.update(after_epoch(record))
             self.history.append(record)
             self._log(metrics, record)
+        tracking.finish(rt)
         return self.history
 
     def _log(self, path: Path, row: dict) -> None:
         if self.runtime.is_main_process:
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+        tracking.log(self.runtime, row, row.get("step", self.step))
 
     # ------------------------------------------------------------ checkpoints
 
@@ -178,6 +197,12 @@ def _epoch_means(steps: list[dict], epoch: int) -> dict:
     units = sum(r["units"] for r in rows) or 1.0
     keys = [k for k in rows[0] if k not in ("epoch", "units")] if rows else []
     return {k: sum(r[k] * r["units"] for r in rows) / units for k in keys}
+
+
+def _method_name(config) -> str:
+    """sft, reward, dpo, ... from the config class (SFTConfig -> sft)."""
+    name = type(config).__name__ if config is not None else "supervised"
+    return name[:-len("Config")].lower() if name.endswith("Config") and len(name) > 6 else name.lower()
 
 
 def latest_checkpoint(output_dir) -> Path | None:

@@ -24,8 +24,8 @@ def optimise(trainer, batches, data: dict, perms) -> dict | None:
     trainer.pass_seconds = 0.0  # forward + loss + backward of the micro-batches, without optimiser steps
     for perm in perms:
         for mini in micro_batches(perm, c.mini_batch_size, c.gradient_accumulation_steps):
-            scale = LossScale(sum(data[mask_key][i].sum() for i in mini).clamp(min=1),
-                              float(sum(len(m) for m in mini)), float(c.max_new_tokens))
+            scale = _global_scale(runtime, sum(data[mask_key][i].sum() for i in mini), sum(len(m) for m in mini),
+                                  c.max_new_tokens)
             trainer.optimizer.zero_grad(set_to_none=True)
             sums: dict[str, float] = {}
             for k, micro in enumerate(mini):
@@ -45,6 +45,17 @@ def optimise(trainer, batches, data: dict, perms) -> dict | None:
             trainer.minibatch_stats.append(sums)
     keys = trainer.minibatch_stats[0].keys()
     return {k: sum(s[k] for s in trainer.minibatch_stats) / len(trainer.minibatch_stats) for k in keys}
+
+
+def _global_scale(runtime, tokens: torch.Tensor, sequences: int, horizon: int) -> LossScale:
+    """The mini-batch's denominators over every process, divided by their number: DDP averages the
+    processes' gradients, so each one's loss is its share of the global mini-batch's (a token mean over
+    all processes' tokens, not a mean of per-process means)."""
+    n = runtime.num_processes
+    if n == 1:
+        return LossScale(tokens.clamp(min=1), float(sequences), float(horizon))
+    both = runtime.reduce_sum(torch.stack([tokens.float(), torch.tensor(float(sequences), device=tokens.device)]))
+    return LossScale(both[0].clamp(min=1) / n, float(both[1]) / n, float(horizon))
 
 
 def micro_step(trainer, batches, data: dict, micro: list[int], scale: LossScale) -> dict | None:
