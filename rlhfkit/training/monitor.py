@@ -12,12 +12,16 @@ import numpy as np
 import torch
 
 from rlhfkit.errors import UserError
-from rlhfkit.ops.masked import masked_mean, masked_var
+from rlhfkit.ops.masked import masked_mean, masked_moments, masked_var
 
 
 def step_stats(trainer, data: dict, scores, raw_scores, queries, responses, train: dict, group_ids=None) -> dict:
     """The step's statistics, averaged over processes."""
     mask = data["mask"]
+    mean, var = masked_mean, masked_var
+    if trainer.runtime.num_processes > 1:  # token statistics of the global batch, not a mean of per-process means
+        reduce = trainer.runtime.reduce_sum
+        mean, var = (lambda x, m: masked_moments(x, m, reduce)[0]), (lambda x, m: masked_moments(x, m, reduce)[1])
     local = {}
     if "kl" in data:
         local["objective/kl"] = data["kl"].sum(1).mean()
@@ -27,14 +31,14 @@ def step_stats(trainer, data: dict, scores, raw_scores, queries, responses, trai
         "ppo/mean_non_score_reward": data["non_score"].sum(1).mean(),
         "ppo/mean_scores": scores.mean(),
         "ppo/std_scores": scores.std() if len(scores) > 1 else torch.tensor(0.0),
-        "ppo/policy/entropy": masked_mean(data["entropy"], mask),
-        "ppo/policy/advantages_mean": masked_mean(data["advantages"], mask),
+        "ppo/policy/entropy": mean(data["entropy"], mask),
+        "ppo/policy/advantages_mean": mean(data["advantages"], mask),
     })
     if trainer.critic:
-        local.update({"ppo/returns/mean": masked_mean(data["returns"], mask),
-                      "ppo/returns/var": masked_var(data["returns"], mask),
-                      "ppo/val/mean": masked_mean(data["values"], mask),
-                      "ppo/val/var": masked_var(data["values"], mask)})
+        local.update({"ppo/returns/mean": mean(data["returns"], mask),
+                      "ppo/returns/var": var(data["returns"], mask),
+                      "ppo/val/mean": mean(data["values"], mask),
+                      "ppo/val/var": var(data["values"], mask)})
     local.update({
         "env/reward_mean": raw_scores.mean(),
         "env/reward_std": raw_scores.std() if len(raw_scores) > 1 else torch.tensor(0.0),
