@@ -35,6 +35,9 @@ class SupervisedTask(Protocol):
     def loss(self, model, indices: list[int]) -> tuple[torch.Tensor, dict]:
         """The summed loss over the examples' units, and stats to log (sums over units, e.g. correct pairs)."""
 
+    # optional: `before_step(model, indices, step)` runs before each step's micro-batches, outside autocast
+    # and without gradients, on this process's share of the batch (e.g. on-policy samples for distillation)
+
 
 @dataclass
 class LoopSettings:
@@ -93,6 +96,10 @@ class SupervisedLoop:
         units = 0 if idle else sum(task.units(m) for m in micro)
         total = rt.reduce_sum(torch.tensor(float(units), device=rt.device))
         total = total.clamp(min=1)
+        before = getattr(task, "before_step", None)
+        if before is not None:
+            with torch.no_grad():
+                before(self.model, mine, self.step)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
