@@ -23,8 +23,12 @@ COMMAND_MODULES = [
     "rlhfkit.cli.ppo",
     "rlhfkit.cli.grpo",
     "rlhfkit.cli.rloo",
+    "rlhfkit.cli.dpo",
     "rlhfkit.cli.eval",
     "rlhfkit.cli.export",
+    "rlhfkit.cli.distill",
+    "rlhfkit.cli.quantize",
+    "rlhfkit.cli.prune",
     "rlhfkit.cli.demo",
     "rlhfkit.cli.rag",
 ]
