@@ -9,7 +9,8 @@ and the cases: {"name", "trainer": dpo | cpo | orpo | kto, "args": {...the train
 config's fields}}. For each case the trainer's own loss function runs on the batch built
 by TRL's own collator (DPO, KTO) or in CPO/ORPO's padded layout, the model in train mode
 (the tiny models have no dropout), then backward. Writes OUT/trl.json ({case: {"loss"}})
-and OUT/<case>.pt (the policy's gradients by parameter name).
+and OUT/<case>.pt (the policy's gradients by parameter name); CPO and ORPO cases also give their
+`nll_loss` metric (ORPO's NLL covers prompt and completion tokens, ours only the completion).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def cpo_batch(pairs, pad_id):
     return out
 
 
-def run_case(case, spec, work: Path) -> float:
+def run_case(case, spec, work: Path, extra: dict) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
@@ -81,7 +82,8 @@ def run_case(case, spec, work: Path) -> float:
         trainer = Trainer(model=policy, args=Config(**common, **args), train_dataset=_dataset(),
                           processing_class=tokenizer)
         trainer.model.train()
-        loss, _ = trainer.get_batch_loss_metrics(trainer.model, cpo_batch(spec["pairs"], pad_id), "train")
+        loss, metrics = trainer.get_batch_loss_metrics(trainer.model, cpo_batch(spec["pairs"], pad_id), "train")
+        extra["nll_loss"] = float(metrics["nll_loss"])
     elif kind == "kto":
         from trl import KTOConfig, KTOTrainer
         from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
@@ -110,7 +112,8 @@ def main(path: str) -> None:
     results = {"trl_version": trl.__version__, "cases": {}}
     with tempfile.TemporaryDirectory() as work:
         for case in spec["cases"]:
-            results["cases"][case["name"]] = {"loss": run_case(case, spec, Path(work))}
+            extra = {}
+            results["cases"][case["name"]] = {"loss": run_case(case, spec, Path(work), extra), **extra}
     (Path(spec["out"]) / "trl.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results))
 
