@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if len(sys.argv) > 1 and sys.argv[1] == "ours":  # this checkout's rlhfkit, whatever the venv has installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
