@@ -57,3 +57,34 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         pass
     return True
+
+
+def quiet_torchao_import() -> None:
+    """Keep torchao's import-time chatter off every command's stderr.
+
+    transformers imports torchao whenever it is installed (its quantizer registry loads with the
+    model classes), and torchao then warns about its CUDA-only extensions on a CPU machine
+    ("Failed to load ... _C_mxfp8 ...so") and registers enums that torch's pytree now handles
+    natively (a deprecation warning per enum). Neither is actionable for a user of rlhfkit. Only
+    those records are dropped: torchao's own logger keeps errors, torch's pytree logger keeps
+    every other warning. Cheap: nothing is imported here.
+    """
+    import logging
+
+    class _Drop(logging.Filter):
+        def __init__(self, needles: tuple[str, ...]):
+            super().__init__()
+            self.needles = needles
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            try:
+                text = record.getMessage()
+            except Exception:  # a malformed record is not ours to judge
+                return True
+            return not any(n in text for n in self.needles)
+
+    for name, needles in (("torchao", ("Failed to load", "Skipping import of cpp extensions")),
+                          ("torch.utils._pytree", ("is an Enum subclass and is now natively supported",))):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Drop) for f in logger.filters):
+            logger.addFilter(_Drop(needles))
