@@ -65,9 +65,10 @@ def quiet_torchao_import() -> None:
     transformers imports torchao whenever it is installed (its quantizer registry loads with the
     model classes), and torchao then warns about its CUDA-only extensions on a CPU machine
     ("Failed to load ... _C_mxfp8 ...so") and registers enums that torch's pytree now handles
-    natively (a deprecation warning per enum). Neither is actionable for a user of rlhfkit. Only
-    those records are dropped: torchao's own logger keeps errors, torch's pytree logger keeps
-    every other warning. Cheap: nothing is imported here.
+    natively (a deprecation warning per enum), and at use warns that Triton (a GPU compiler) is
+    missing. None is actionable for a user of rlhfkit: torchao's loggers keep their errors only,
+    torch's pytree logger drops that one deprecation and keeps every other warning. Cheap:
+    nothing is imported here.
     """
     import logging
 
@@ -83,8 +84,8 @@ def quiet_torchao_import() -> None:
                 return True
             return not any(n in text for n in self.needles)
 
-    for name, needles in (("torchao", ("Failed to load", "Skipping import of cpp extensions")),
-                          ("torch.utils._pytree", ("is an Enum subclass and is now natively supported",))):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _Drop) for f in logger.filters):
-            logger.addFilter(_Drop(needles))
+    # torchao's loggers (torchao, torchao.kernel.intmm, ...) inherit this level; its errors still show
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    pytree = logging.getLogger("torch.utils._pytree")
+    if not any(isinstance(f, _Drop) for f in pytree.filters):
+        pytree.addFilter(_Drop(("is an Enum subclass and is now natively supported",)))
