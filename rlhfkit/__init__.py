@@ -6,6 +6,9 @@ without LoRA, on a laptop CPU or a GPU cluster.
 """
 
 from rlhfkit.errors import UserError
+from rlhfkit.runtime import quiet_torchao_import
+
+quiet_torchao_import()  # before anything imports transformers (which imports torchao when installed)
 
 __version__ = "0.1.0"
 __all__ = ["UserError", "__version__"]

@@ -57,3 +57,35 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         pass
     return True
+
+
+def quiet_torchao_import() -> None:
+    """Keep torchao's import-time chatter off every command's stderr.
+
+    transformers imports torchao whenever it is installed (its quantizer registry loads with the
+    model classes), and torchao then warns about its CUDA-only extensions on a CPU machine
+    ("Failed to load ... _C_mxfp8 ...so") and registers enums that torch's pytree now handles
+    natively (a deprecation warning per enum), and at use warns that Triton (a GPU compiler) is
+    missing. None is actionable for a user of rlhfkit: torchao's loggers keep their errors only,
+    torch's pytree logger drops that one deprecation and keeps every other warning. Cheap:
+    nothing is imported here.
+    """
+    import logging
+
+    class _Drop(logging.Filter):
+        def __init__(self, needles: tuple[str, ...]):
+            super().__init__()
+            self.needles = needles
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            try:
+                text = record.getMessage()
+            except Exception:  # a malformed record is not ours to judge
+                return True
+            return not any(n in text for n in self.needles)
+
+    # torchao's loggers (torchao, torchao.kernel.intmm, ...) inherit this level; its errors still show
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    pytree = logging.getLogger("torch.utils._pytree")
+    if not any(isinstance(f, _Drop) for f in pytree.filters):
+        pytree.addFilter(_Drop(("is an Enum subclass and is now natively supported",)))

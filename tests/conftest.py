@@ -36,3 +36,30 @@ def tiny_llama():
         return LlamaForCausalLM(config).eval()
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A saved four-layer Llama (nn.Linear projections, grouped-query attention) with tiny-gpt2's
+    tokenizer: the smallest folder every compression method supports."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from rlhfkit.models import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve("tiny-gpt2"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # larger weights than the default init, so the layers differ measurably
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

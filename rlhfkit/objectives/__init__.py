@@ -4,7 +4,8 @@
 - `advantages`: registry of advantage estimators (gae, ...) and token-reward shaping;
 - `policy`: registry of policy losses (ppo's clipped surrogate, ...) and the value loss;
 - `preference`: pairwise losses (Bradley-Terry);
-- `lm`: negative log-likelihood and sequence log-probs.
+- `lm`: negative log-likelihood and sequence log-probs;
+- `distill`: registry of distillation divergences (forward KL at a temperature, reverse KL, generalised JSD).
 """
 
 from rlhfkit.objectives.advantages import (
@@ -12,12 +13,13 @@ from rlhfkit.objectives.advantages import (
     shape_token_rewards,
 )
 from rlhfkit.objectives.aggregation import LOSS_AGG_MODES, LossScale, aggregate
+from rlhfkit.objectives.distill import DISTILL_LOSSES, generalized_jsd, get_distill_loss
 from rlhfkit.objectives.lm import nll_loss, sequence_logprobs
 from rlhfkit.objectives.policy import POLICY_LOSSES, get_policy_loss, register_policy_loss, value_loss
 from rlhfkit.objectives.preference import bradley_terry_loss
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS", "AdvantageInputs", "LOSS_AGG_MODES", "LossScale", "POLICY_LOSSES", "aggregate",
-    "bradley_terry_loss", "gae", "get_advantage_estimator", "get_policy_loss", "masked_gae", "nll_loss",
+    "ADVANTAGE_ESTIMATORS", "DISTILL_LOSSES", "AdvantageInputs", "LOSS_AGG_MODES", "LossScale", "POLICY_LOSSES", "aggregate",
+    "bradley_terry_loss", "gae", "generalized_jsd", "get_advantage_estimator", "get_distill_loss", "get_policy_loss", "masked_gae", "nll_loss",
     "register_advantage_estimator", "register_policy_loss", "sequence_logprobs", "shape_token_rewards", "value_loss",
 ]
