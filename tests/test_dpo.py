@@ -240,3 +240,11 @@ def test_gradient_checkpointing_changes_memory_not_the_maths(tmp_path, write_jso
     plain = _train(tmp_path / "a", write_jsonl, PAIRS, **fields)
     ckpt = _train(tmp_path / "b", write_jsonl, PAIRS, gradient_checkpointing=True, **fields)
     assert ckpt["steps"] == pytest.approx(plain["steps"], rel=1e-5, abs=1e-6)
+
+
+def test_kto_with_a_precomputed_reference_gives_the_same_training(tmp_path, write_jsonl):
+    fields = dict(model="tiny-gpt2", learning_rate=1e-3, epochs=2, loss_type=["kto"], batch_size=4)
+    live = _train(tmp_path / "a", write_jsonl, PAIRS, **fields)
+    pre = _train(tmp_path / "b", write_jsonl, PAIRS, precompute_ref=True, **fields)
+    assert pre["reference"] == "copy, precomputed"
+    assert pre["steps"] == pytest.approx(live["steps"], rel=1e-5, abs=1e-6)
