@@ -248,3 +248,10 @@ def test_kto_with_a_precomputed_reference_gives_the_same_training(tmp_path, writ
     pre = _train(tmp_path / "b", write_jsonl, PAIRS, precompute_ref=True, **fields)
     assert pre["reference"] == "copy, precomputed"
     assert pre["steps"] == pytest.approx(live["steps"], rel=1e-5, abs=1e-6)
+
+
+def test_kto_batches_with_one_class_still_log_every_metric(tmp_path, write_jsonl):
+    rows = [{"prompt": f"prompt {i}", "completion": f"reply number {i}", "label": i < 2} for i in range(4)]
+    result = _train(tmp_path, write_jsonl, rows, model="tiny-gpt2", loss_type=["kto"], batch_size=1,
+                    learning_rate=1e-3)
+    assert {"train/epoch_rewards/chosen", "train/epoch_rewards/rejected"} <= set(result["epochs"][0])

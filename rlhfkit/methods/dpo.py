@@ -406,15 +406,14 @@ class KTOTask:
             rewards = c.beta * (out.sums.detach() - ref)
             d, u = desirable, ~desirable
             stats = {"kl": self._kl.item() * len(ex)}
-            # class means over the whole batch (TRL's): this piece's class sums x (batch size / class size)
+            # class means over the whole batch (TRL's): this piece's class sums x (batch size / class size);
+            # every step logs every key (the loop averages them), a batch without a class gives that class 0
             for key, mask, count, tokens in (("chosen", d, good, good_tokens), ("rejected", u, bad, bad_tokens)):
-                if count:
-                    stats[f"rewards/{key}"] = rewards[mask].sum().item() * n / count
-                    stats[f"logps/{key}"] = out.sums.detach()[mask].sum().item() * n / count
-                if tokens:
-                    stats[f"logits/{key}"] = out.logit_sums[mask].sum().item() * n / tokens
-            if good and bad:
-                stats["rewards/margins"] = rewards[d].sum().item() * n / good - rewards[u].sum().item() * n / bad
+                stats[f"rewards/{key}"] = rewards[mask].sum().item() * n / max(count, 1)
+                stats[f"logps/{key}"] = out.sums.detach()[mask].sum().item() * n / max(count, 1)
+                stats[f"logits/{key}"] = out.logit_sums[mask].sum().item() * n / max(tokens, 1)
+            stats["rewards/margins"] = (rewards[d].sum().item() * n / good - rewards[u].sum().item() * n / bad
+                                        if good and bad else 0.0)
         return losses.sum(), stats
 
 
