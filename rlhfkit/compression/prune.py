@@ -275,6 +275,8 @@ def prune_model(model: str, out, method: str, sparsity: float | None = None, pat
         sp.check_sparsity(sparsity)
     if pattern and method == "depth":
         raise UserError("--pattern applies to --method magnitude or wanda, not depth")
+    if pattern:
+        sp.parse_pattern(pattern)  # a bad pattern fails before the model loads
     out = check_output(out, [model])
     src = load_source(model)
     needs_data = method in ("wanda", "depth")
