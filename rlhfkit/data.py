@@ -5,7 +5,13 @@ Formats (one record per row):
 - prompts:     {"prompt": str} or {"messages": [{"role", "content"}, ...]}
 - preferences: {"prompt", "chosen", "rejected"}, or the conversational variant
                where "chosen"/"rejected" are message lists ending in the
-               assistant reply and sharing the prompt messages before it
+               assistant reply and sharing the prompt messages before it; with
+               no "prompt" column the prompt is implicit: the longest common
+               prefix of chosen and rejected (messages, or text as in hh-rlhf),
+               as TRL's `extract_prompt`
+- unpaired:    {"prompt", "completion", "label": true/false} (KTO's desirable /
+               undesirable examples); pairs and rankings convert to it
+               (`pairs_to_unpaired`)
 - rankings:    {"prompt", "completions": [c1..cN], "ranks": [r1..rN]}, 1 = best;
                equal ranks are a tie and give no pair
 
@@ -21,7 +27,7 @@ import io
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
@@ -36,6 +42,17 @@ class Preference:
     prompt: Prompt
     chosen: str
     rejected: str
+    row: int | None = field(default=None, compare=False)  # the file's row, for messages naming it
+
+
+@dataclass(frozen=True)
+class Unpaired:
+    """One KTO example: a completion marked desirable (label True) or undesirable."""
+
+    prompt: Prompt
+    completion: str
+    label: bool
+    row: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -324,7 +341,11 @@ def load_preferences(path: str | Path) -> list[Preference]:
         pairs = []
         for row, rec in records:
             r = _ranking(path, row, rec)
-            pairs += [Preference(r.prompt, c, j) for c, j in rankings_to_pairs(r.completions, r.ranks)]
+            for c, j in rankings_to_pairs(r.completions, r.ranks):
+                if text_key(c) == text_key(j):
+                    raise DataError(path, row, "completions", f"the same completion {c[:40]!r} has two different "
+                                    "ranks; a pair needs two different texts (give equal texts equal ranks)")
+                pairs.append(Preference(r.prompt, c, j, row))
         if not pairs:
             raise UserError(f"{path}: every ranking is a full tie, so there are no preference pairs to learn from")
         return pairs
@@ -340,23 +361,82 @@ def _preference(path, row, rec) -> Preference:
         rejected_m = parse_messages(path, row, "rejected", rejected)
         if "prompt" in rec and rec["prompt"] is not None:
             prompt = parse_prompt(path, row, rec)
-        else:
-            prompt = chosen_m[:-1]
-            if chosen_m[:-1] != rejected_m[:-1]:
-                raise DataError(path, row, "rejected", "chosen and rejected conversations differ before the last reply")
+        else:  # the implicit prompt: the messages both conversations share (TRL's extract_prompt)
+            shared = 0
+            while shared < min(len(chosen_m), len(rejected_m)) and chosen_m[shared] == rejected_m[shared]:
+                shared += 1
+            prompt = chosen_m[:shared]
             if not prompt:
-                raise DataError(path, row, "chosen", "conversation has no prompt messages before the reply")
+                raise DataError(path, row, "chosen", "no prompt column and the conversations share no prompt "
+                                "messages before the reply; add a \"prompt\" column")
+            if shared != len(chosen_m) - 1 or shared != len(rejected_m) - 1:
+                raise DataError(path, row, "rejected", "chosen and rejected conversations differ before the last "
+                                "reply; after the shared prompt each must be one assistant reply")
         for col, conv in (("chosen", chosen_m), ("rejected", rejected_m)):
             if conv[-1]["role"] != "assistant":
                 raise DataError(path, row, col, "the last message must be the assistant's reply")
         chosen, rejected = chosen_m[-1]["content"], rejected_m[-1]["content"]
     else:
-        prompt = parse_prompt(path, row, rec)
         chosen = parse_text(path, row, "chosen", chosen)
         rejected = parse_text(path, row, "rejected", rejected)
-    if chosen.strip() == rejected.strip():
+        if rec.get("prompt") is None and rec.get("messages") is None:
+            prompt, chosen, rejected = _implicit_text_prompt(path, row, chosen, rejected)
+        else:
+            prompt = parse_prompt(path, row, rec)
+    if text_key(chosen) == text_key(rejected):
         raise DataError(path, row, "rejected", "chosen is identical to rejected; a pair needs two different texts")
-    return Preference(prompt, chosen, rejected)
+    return Preference(prompt, chosen, rejected, row)
+
+
+def _implicit_text_prompt(path, row, chosen: str, rejected: str) -> tuple[str, str, str]:
+    """hh-rlhf style rows (the dialogue inside chosen and rejected): the prompt is their longest common
+    prefix, less a trailing space, as TRL's `extract_prompt`."""
+    idx = 0
+    while idx < min(len(chosen), len(rejected)) and chosen[idx] == rejected[idx]:
+        idx += 1
+    if idx == len(chosen) or idx == len(rejected):
+        raise DataError(path, row, "rejected", "one of chosen and rejected is a prefix of the other, so there is no "
+                        "completion left after the shared prompt; add a \"prompt\" column")
+    if idx and chosen[idx - 1] == " ":
+        idx -= 1
+    if idx == 0 or is_blank(chosen[:idx]):
+        raise DataError(path, row, "prompt", "missing column, and chosen and rejected share no prompt text to "
+                        "take it from; add a \"prompt\" column")
+    return chosen[:idx], chosen[idx:], rejected[idx:]
+
+
+def load_unpaired(path: str | Path) -> list[Unpaired]:
+    """KTO rows {prompt, completion, label}, or pairs / rankings converted (`pairs_to_unpaired`)."""
+    records = read_records(path)
+    if not records:
+        raise UserError(f"{path}: no rows")
+    if "label" not in records[0][1]:
+        return pairs_to_unpaired(load_preferences(path))
+    out = []
+    for row, rec in records:
+        prompt = parse_prompt(path, row, rec)
+        completion = parse_text(path, row, "completion", _column(path, row, rec, "completion"))
+        label = maybe_json(_column(path, row, rec, "label"))
+        if isinstance(label, str) and label.strip().lower() in ("true", "false", "1", "0"):
+            label = label.strip().lower() in ("true", "1")  # CSV cells
+        if not isinstance(label, bool) and label not in (0, 1):
+            raise DataError(path, row, "label", f"expected true (desirable) or false (undesirable), got {label!r}")
+        out.append(Unpaired(prompt, completion, bool(label), row))
+    return out
+
+
+def pairs_to_unpaired(pairs: list[Preference]) -> list[Unpaired]:
+    """Each pair's chosen as a desirable and its rejected as an undesirable example (TRL's
+    `unpair_preference_dataset`); a completion repeated with the same label (a ranking's pairs
+    share completions) is kept once."""
+    seen, out = set(), []
+    for p in pairs:
+        for text, label in ((p.chosen, True), (p.rejected, False)):
+            key = (json.dumps(p.prompt, sort_keys=True), text_key(text), label)
+            if key not in seen:
+                seen.add(key)
+                out.append(Unpaired(p.prompt, text, label, p.row))
+    return out
 
 
 def rankings_to_pairs(completions: list[str], ranks: list[int]) -> list[tuple[str, str]]:

@@ -24,6 +24,7 @@ from rlhfkit.errors import UserError
 
 STAGES = ("generate", "label", "reward", "train", "eval", "compress", "report")  # "train": one stage per method
 ONLINE_METHODS = ("ppo", "grpo", "rloo")
+OFFLINE_METHODS = ("dpo",)  # trained on the label stage's rankings directly: no reward model, no sampling
 ASSETS = Path(__file__).parent / "assets"
 
 
@@ -35,7 +36,7 @@ class DemoConfig:
     from_stage: str | None = option(None, "redo this stage (generate, label, reward, a method's name, eval, report) and "
                                           "every later one (default: reuse finished stages)")
     method: list[str] = option(["ppo"], "methods to train on the feedback, each in its own stage folder (ppo, grpo, "
-                                        "rloo); the first is the headline ('after' in the evaluation)")
+                                        "rloo, dpo); the first is the headline ('after' in the evaluation)")
     direct_reward: str | None = option(None, "also train PPO directly on this reward spec (e.g. profanity: no labels, "
                                              "no reward model), in the stage ppo-direct, to show what the reward "
                                              "model costs")
@@ -60,6 +61,9 @@ class DemoConfig:
     eval_samples: int | None = option(None, "completions per held-out prompt and model (preset)")
     eval_temperature: float = option(0.7, "sampling temperature of the evaluation, before and after alike")
     eval_top_p: float = option(0.9, "nucleus sampling of the evaluation, before and after alike")
+    dpo_epochs: int | None = option(None, "DPO epochs over the rankings' pairs (preset)")
+    dpo_lr: float | None = option(None, "DPO learning rate (LoRA; preset)")
+    dpo_beta: float | None = option(None, "DPO beta (preset)")
     num_generations: int = option(4, "completions per prompt in a step of the group methods (grpo, rloo)")
     mixed_precision: Literal["no", "bf16"] | None = option(None, "bf16 autocast for PPO training passes (preset)")
     compress: bool = option(False, "a final stage: quantize, prune and distil the first method's model and write "
@@ -71,12 +75,12 @@ PRESETS = {
     "default": dict(
         policy="smollm2-135m", reward_backbone="minilm-l6", n_label_prompts=160, k=4, max_new_tokens=32,
         reward_epochs=3, reward_lr=1e-4, ppo_steps=20, ppo_batch_size=16, ppo_lr=1e-4, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=200,
-        eval_samples=4, mixed_precision="no",
+        eval_samples=4, mixed_precision="no", dpo_epochs=2, dpo_lr=5e-5, dpo_beta=0.1,
     ),
     "quick": dict(
         policy="tiny-gpt2", reward_backbone="tiny-bert", n_label_prompts=24, k=3, max_new_tokens=8,
         reward_epochs=1, reward_lr=1e-4, ppo_steps=3, ppo_batch_size=8, ppo_lr=1e-3, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=16,
-        eval_samples=2, mixed_precision="no",
+        eval_samples=2, mixed_precision="no", dpo_epochs=1, dpo_lr=1e-3, dpo_beta=0.1,
     ),
 }
 
@@ -146,8 +150,8 @@ def run_demo(config: DemoConfig) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     save_yaml(config, root / "config.yaml")
     for method in config.method:
-        if method not in ONLINE_METHODS:
-            raise UserError(f"demo method {method!r}: choose from {', '.join(ONLINE_METHODS)}")
+        if method not in ONLINE_METHODS + OFFLINE_METHODS:
+            raise UserError(f"demo method {method!r}: choose from {', '.join(ONLINE_METHODS + OFFLINE_METHODS)}")
     if config.from_stage and config.from_stage not in STAGES + tuple(config.method) + ("ppo-direct",):
         raise UserError(f"--from {config.from_stage}: not a stage of this run; stages: generate, label, reward, "
                         f"{', '.join(config.method)}, eval, report")
@@ -171,6 +175,12 @@ def run_demo(config: DemoConfig) -> dict:
                ("label",), lambda f: _reward(f, config, rankings))
     trained = []
     for method, reward in _method_stages(config, stages):
+        if method in OFFLINE_METHODS:
+            settings = {"policy": config.policy, "seed": config.seed, "method": method,
+                        **{k: getattr(config, k) for k in ("dpo_epochs", "dpo_lr", "dpo_beta")}}
+            stages.run(method, settings, ("label",), lambda f: _dpo(f, config, rankings))
+            trained.append(method)
+            continue
         settings = {**common, "method": method, "reward": reward, "num_generations": config.num_generations,
                     **{k: getattr(config, k) for k in ("ppo_steps", "ppo_batch_size", "ppo_lr", "ppo_epochs",
                                                        "init_kl_coef", "mixed_precision")}}
@@ -287,6 +297,19 @@ def _online(folder: Path, config: DemoConfig, prompts, method: str, reward: str)
         if method == "rloo":
             fields.update(init_kl_coef=config.init_kl_coef)
     trainer_cls(config_cls(**fields), dataset=prompts).train(reward)
+
+
+def _dpo(folder: Path, config: DemoConfig, rankings: Path) -> None:
+    """DPO with LoRA on the rankings' pairs (N choose 2 per prompt, ties dropped), the reference the
+    policy with its adapters off; the adapter in `dpo/model`, like the online methods'."""
+    import shutil
+
+    from rlhfkit.methods.dpo import DPOConfig, train_dpo
+
+    train_dpo(DPOConfig(model=config.policy, data=str(rankings), output_dir=str(folder / "model"), lora=True,
+                        epochs=config.dpo_epochs, learning_rate=config.dpo_lr, beta=config.dpo_beta, batch_size=16,
+                        max_length=256, seed=config.seed, report_to="tensorboard"))
+    shutil.copy(folder / "model" / "metrics.jsonl", folder / "metrics.jsonl")  # where the report reads a method's
 
 
 def _evaluate(folder: Path, stages: Stages, config: DemoConfig, prompts, methods: list[str]) -> None:

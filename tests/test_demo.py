@@ -110,3 +110,16 @@ def test_more_methods_and_a_direct_reward_land_beside_ppo(quick_run, capsys):
     html = (quick_run / "report.html").read_text()
     assert "ppo-direct" in html and "Expected maximum" in html and "distinct-2" in html
     assert main(["demo", "--preset", "quick", "--out", str(quick_run), "--method", "dqn"]) == 2
+
+
+def test_dpo_trains_on_the_label_stage_rankings_beside_ppo(quick_run, capsys):
+    """`--method dpo`: DPO with LoRA on the same rankings the reward model learnt from, in its own stage
+    folder (a standard peft adapter), evaluated and tabulated beside PPO."""
+    assert main(["demo", "--preset", "quick", "--out", str(quick_run), "--method", "ppo", "dpo"]) == 0
+    out = capsys.readouterr().out
+    assert "[label] reusing" in out and "[ppo] reusing" in out and "[dpo] running" in out
+    assert (quick_run / "dpo" / "model" / "adapter_config.json").exists()
+    assert (quick_run / "dpo" / "metrics.jsonl").exists()
+    result = json.loads((quick_run / "eval" / "eval.json").read_text())
+    assert result["methods"] == {"ppo": "after", "dpo": "dpo"} and "dpo" in result["changes"]
+    assert "dpo" in (quick_run / "report.html").read_text()

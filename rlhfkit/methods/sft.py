@@ -296,7 +296,8 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
     return {"steps": [row["loss"] for row in loop.steps], "epochs": history, "out": str(out)}
 
 
-def _save(model, tokenizer, config: SFTConfig, out: Path, state_dict: dict | None = None) -> None:
+def _save(model, tokenizer, config, out: Path, state_dict: dict | None = None, method: str = "sft") -> None:
+    """The adapter (or, with merge, the merged model) or the whole model, and the tokenizer (SFT, DPO)."""
     from rlhfkit.models import EMBEDDED
 
     if config.lora and config.merge:
@@ -314,4 +315,4 @@ def _save(model, tokenizer, config: SFTConfig, out: Path, state_dict: dict | Non
         adapter = json.loads(adapter_file.read_text())
         adapter["base_model_name_or_path"] = config.model
         adapter_file.write_text(json.dumps(adapter, indent=2, sort_keys=True))
-    print(f"rlhfkit sft: {what} saved to {out}")
+    print(f"rlhfkit {method}: {what} saved to {out}")

@@ -6,6 +6,8 @@ Names follow the classic PPO dashboards (`objective/kl`, `env/reward_mean`,
 
 from __future__ import annotations
 
+import math
+
 import warnings
 
 import numpy as np
@@ -123,8 +125,11 @@ def progress(trainer, bar, stats: dict, steps: int) -> None:
     """The progress bar's reward/KL, and a summary line every `log_every` steps."""
     reward, kl = stats.get("env/reward_mean", float("nan")), stats.get("objective/kl", float("nan"))
     bar.update(1)
-    bar.set_postfix(reward=f"{reward:.3f}", kl=f"{kl:.3f}")
+    # without a reference (kl_penalty "none") there is no KL and no beta to show
+    leash = trainer.reference is not None and math.isfinite(kl)
+    bar.set_postfix(reward=f"{reward:.3f}", **({"kl": f"{kl:.3f}"} if leash else {}))
     if trainer.config.log_every and trainer.step_count % trainer.config.log_every == 0 and trainer.runtime.is_main_process:
         seconds = stats.get("time/ppo/total", 0.0) + stats.get("time/generate", 0.0) + stats.get("time/reward", 0.0)
-        bar.write(f"step {trainer.step_count}/{steps}  reward {reward:.4f}  kl {kl:.4f}  "
-                  f"beta {trainer.kl_ctl.value:.4f}  len {stats.get('tokens/responses_len_mean', 0):.1f}  {seconds:.1f}s")
+        kl_text = f"kl {kl:.4f}  beta {trainer.kl_ctl.value:.4f}  " if leash else ""
+        bar.write(f"step {trainer.step_count}/{steps}  reward {reward:.4f}  {kl_text}"
+                  f"len {stats.get('tokens/responses_len_mean', 0):.1f}  {seconds:.1f}s")

@@ -1,0 +1,564 @@
+"""Direct preference optimisation (`rlhfkit dpo`): the DPO family on the supervised loop, causal or seq2seq.
+
+Data: pairs {prompt, chosen, rejected} (text or conversations, the prompt explicit or
+implicit), rankings (each row's N-choose-2 pairs, ties dropped), or, for `kto`,
+unpaired rows {prompt, completion, label} (pairs and rankings convert to it). See
+`rlhfkit.data`.
+
+Losses (`--loss-type`, several with `--loss-weights`, as TRL): sigmoid (DPO; with
+`--label-smoothing` conservative DPO), robust, hinge, ipo, sft, simpo, orpo and kto;
+the maths is in `rlhfkit.objectives.dpo`. The reference is, as PPO's, a
+`models.reference.Reference`: the given `--ref-model`, the LoRA policy with its adapters
+switched off (no second copy), or a frozen copy under full fine-tuning; simpo, orpo and
+sft need none and none is built. `--precompute-ref` computes the reference's log-probs
+once before training and drops the reference from memory.
+
+Sequences: the prompt exactly as generation builds it (chat template with the generation
+prompt where the model has one), then the completion and EOS, as SFT encodes them; pairs
+longer than `--max-length` are counted and reported with their rows and then truncated
+(prompt start, completion ends), left out, or stop the run (`--long-pairs`). Logged metrics
+carry TRL's names: rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies,
+logps/chosen, logps/rejected, logits/chosen, logits/rejected (and kl for kto).
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlhfkit.config import LoraFields, OptimFields, option
+from rlhfkit.errors import UserError
+
+LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "sft", "simpo", "orpo", "kto")
+
+
+@dataclass
+class DPOConfig(OptimFields, LoraFields):
+    model: str = option("smollm2-135m", "embedded name, hub id or folder of the causal or seq2seq policy")
+    data: str = option(None, "pairs {prompt, chosen, rejected}, rankings {prompt, completions, ranks}, or for kto "
+                             "{prompt, completion, label}")
+    eval_data: str | None = option(None, "held-out file of the same kind (default: split --eval-fraction off --data)")
+    eval_fraction: float = option(0.0, "fraction of prompts held out; their loss and reward accuracy after each epoch")
+    output_dir: str = option("runs/dpo", "output folder: model (or adapter), tokenizer, config.yaml, metrics.jsonl")
+    learning_rate: float = option(1e-6, "peak learning rate (AdamW; TRL's DPO default; LoRA wants ~1e-5 to 1e-4)")
+    epochs: int = option(1, "passes over the data")
+    batch_size: int = option(8, "pairs (kto: examples) per optimisation step")
+    warmup_ratio: float = option(0.1, "fraction of steps for linear warm-up, then linear decay to 0")
+    loss_type: list[str] = option(["sigmoid"], "losses, summed with --loss-weights: " + ", ".join(LOSS_TYPES))
+    loss_weights: list[float] | None = option(None, "one weight per --loss-type (default: 1 each)")
+    beta: float = option(0.1, "DPO's beta (KL strength); simpo's reward scale; orpo's lambda; kto's beta")
+    label_smoothing: float = option(0.0, "label-noise rate eps: sigmoid -> conservative DPO; robust's eps; simpo")
+    simpo_gamma: float = option(0.5, "simpo's target margin gamma")
+    desirable_weight: float = option(1.0, "kto: weight of desirable examples")
+    undesirable_weight: float = option(1.0, "kto: weight of undesirable examples")
+    ref_model: str | None = option(None, "reference model (default: adapters off with --lora, else a frozen copy)")
+    precompute_ref: bool = option(False, "compute the reference's log-probs once, then train without it in memory")
+    max_length: int = option(512, "tokens per sequence (prompt + the longer completion; seq2seq: each side)")
+    long_pairs: Literal["truncate", "skip", "error"] = option(
+        "truncate", "pairs longer than --max-length (always counted and reported with their rows): truncate, skip "
+                    "(leave out) or error")
+    merge: bool = option(False, "with --lora: save the merged model instead of the adapter")
+    limit: int | None = option(None, "use only the first N pairs (kto: examples)")
+    log_every: int = option(10, "write a metrics line every N steps")
+    save_every: int = option(0, "checkpoint every N steps into output_dir/checkpoints (0 = only at the end)")
+    resume: bool = option(False, "continue from the latest checkpoint in output_dir (same data and settings)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.loss_type, str):  # `loss_type: sigmoid` in YAML, or "sigmoid,sft"
+            self.loss_type = [t.strip() for t in self.loss_type.split(",") if t.strip()]
+        if isinstance(self.loss_weights, (int, float)):
+            self.loss_weights = [float(self.loss_weights)]
+
+    # ---------------------------------------------------------------- derived
+
+    @property
+    def unpaired(self) -> bool:
+        return self.loss_type == ["kto"]
+
+    @property
+    def needs_reference(self) -> bool:
+        from rlhfkit.objectives.dpo import REFERENCE_FREE
+
+        return any(t not in REFERENCE_FREE for t in self.loss_type)
+
+    def check(self) -> None:
+        if not self.data:
+            raise UserError("no training data; pass --data FILE (pairs, rankings, or kto rows)")
+        for name in ("epochs", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        unknown = [t for t in self.loss_type if t not in LOSS_TYPES]
+        if unknown or not self.loss_type:
+            raise UserError(f"--loss-type {' '.join(unknown) or '(none)'}: choose from {', '.join(LOSS_TYPES)}")
+        if "kto" in self.loss_type and len(self.loss_type) > 1:
+            raise UserError("--loss-type kto trains on unpaired examples and does not combine with the pair losses")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise UserError(f"{len(self.loss_weights)} --loss-weights for {len(self.loss_type)} --loss-type; "
+                            "give one weight per loss")
+        if "robust" in self.loss_type and not 0 <= self.label_smoothing < 0.5:
+            raise UserError(f"--label-smoothing {self.label_smoothing}: the robust loss needs it in [0, 0.5)")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"--label-smoothing {self.label_smoothing}: use a label-noise rate in [0, 1)")
+        if self.beta <= 0:
+            raise UserError("--beta must be positive")
+        if self.merge and not self.lora:
+            raise UserError("--merge only applies with --lora (full fine-tuning already saves the whole model)")
+        if self.ref_model and not self.needs_reference:
+            raise UserError(f"--ref-model is unused: {', '.join(self.loss_type)} need no reference")
+
+
+# ---------------------------------------------------------------- encoding
+
+
+@dataclass
+class EncodedPair:
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    row: int | None = None
+
+
+@dataclass
+class EncodedExample:
+    prompt: list[int]
+    completion: list[int]
+    label: bool
+    row: int | None = None
+
+
+def encode_completions(tokenizer, prompts: list, completions: list[str], seq2seq: bool) -> list[tuple[list, list]]:
+    """(prompt ids, completion ids) as SFT encodes them (`methods.sft.encode_examples`: chat template,
+    completion + EOS), uncut."""
+    from rlhfkit.methods.sft import SFTExample, encode_examples
+
+    encoded, _ = encode_examples(tokenizer, [SFTExample(p, c) for p, c in zip(prompts, completions)], seq2seq,
+                                 max_length=1 << 62)
+    if seq2seq:
+        return [(e.input_ids, e.labels) for e in encoded]
+    out = []
+    for e in encoded:
+        n = sum(1 for t in e.labels if t == -100)
+        out.append((e.input_ids[:n], e.input_ids[n:]))
+    return out
+
+
+def _rows(items, limit: int = 8) -> str:
+    rows = [str(x.row) if x.row is not None else "?" for x in items[:limit]]
+    return ", ".join(rows) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _too_long(prompt, completions, max_length: int, seq2seq: bool) -> bool:
+    if seq2seq:
+        return max([len(prompt)] + [len(c) for c in completions]) > max_length
+    return len(prompt) + max(len(c) for c in completions) > max_length
+
+
+def _cut(prompt, completions, max_length: int, seq2seq: bool):
+    """The prompt keeps its end, completions their start; a causal completion keeps at least half the room."""
+    if seq2seq:
+        return prompt[-max_length:], [c[:max_length] for c in completions]
+    longest = max(len(c) for c in completions)
+    keep_c = min(longest, max(max_length // 2, max_length - len(prompt)))
+    keep_p = max_length - keep_c
+    return (prompt[-keep_p:] if keep_p else []), [c[:keep_c] for c in completions]
+
+
+def fit_to_length(items: list, max_length: int, seq2seq: bool, policy: str, what: str, fields: tuple[str, ...]):
+    """Apply --long-pairs to encoded pairs or examples; every long one is counted and its row reported."""
+    long = [x for x in items if _too_long(x.prompt, [getattr(x, f) for f in fields], max_length, seq2seq)]
+    if not long:
+        return items
+    head = (f"{len(long)} of {len(items)} {what} are longer than --max-length {max_length} tokens "
+            f"(rows {_rows(long)})")
+    if policy == "error":
+        raise UserError(f"{head}; raise --max-length, or pass --long-pairs truncate or skip")
+    if policy == "skip":
+        print(f"rlhfkit dpo: {head}: left out (--long-pairs skip)")
+        kept = [x for x in items if not any(x is y for y in long)]
+        if not kept:
+            raise UserError(f"every one of the {what} is longer than --max-length {max_length}; raise it")
+        return kept
+    print(f"rlhfkit dpo: {head}: truncated (prompt start and completion ends cut; --long-pairs skip or error "
+          "to change)")
+    for x in long:
+        prompt, cut = _cut(x.prompt, [getattr(x, f) for f in fields], max_length, seq2seq)
+        x.prompt = prompt
+        for f, c in zip(fields, cut):
+            setattr(x, f, c)
+        if len(fields) == 2 and x.chosen == x.rejected:
+            raise UserError(f"{what}: row {x.row} has identical chosen and rejected tokens after truncation to "
+                            f"{max_length} tokens; raise --max-length or pass --long-pairs skip")
+    return items
+
+
+def encode_pairs(tokenizer, pairs, seq2seq: bool, max_length: int, policy: str = "truncate",
+                 what: str = "pairs") -> list[EncodedPair]:
+    if not pairs:
+        return []
+    chosen = encode_completions(tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs], seq2seq)
+    rejected = encode_completions(tokenizer, [p.prompt for p in pairs], [p.rejected for p in pairs], seq2seq)
+    out = [EncodedPair(c[0], c[1], r[1], p.row) for p, c, r in zip(pairs, chosen, rejected)]
+    for x in out:
+        if x.chosen == x.rejected:  # two texts that tokenise alike (e.g. differing only in invisible characters)
+            raise UserError(f"{what}: row {x.row} has chosen and rejected texts with identical tokens; a pair "
+                            "needs two different completions")
+    return fit_to_length(out, max_length, seq2seq, policy, what, ("chosen", "rejected"))
+
+
+def encode_unpaired(tokenizer, examples, seq2seq: bool, max_length: int, policy: str = "truncate",
+                    what: str = "examples") -> list[EncodedExample]:
+    if not examples:
+        return []
+    enc = encode_completions(tokenizer, [e.prompt for e in examples], [e.completion for e in examples], seq2seq)
+    out = [EncodedExample(p, c, e.label, e.row) for e, (p, c) in zip(examples, enc)]
+    return fit_to_length(out, max_length, seq2seq, policy, what, ("completion",))
+
+
+def mismatched(n: int, chunk: int) -> list[int]:
+    """KTO's KL pairs: example i's prompt with the completion of example mismatched[i], rotating by one
+    within consecutive chunks of `chunk` examples (TRL's rotation within each batch of its dataset map)."""
+    out = []
+    for start in range(0, n, chunk):
+        idx = list(range(start, min(start + chunk, n)))
+        out += idx[-1:] + idx[:-1]
+    return out
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_training_data(config: DPOConfig):
+    """(train, held-out) pairs, or KTO examples; every row validated before any model loads."""
+    from rlhfkit.data import load_preferences, load_unpaired
+    from rlhfkit.methods.reward import split_by_prompt
+
+    load = load_unpaired if config.unpaired else load_preferences
+    items = load(config.data)
+    if config.limit:
+        items = items[: config.limit]
+    if config.eval_data:
+        train, held_out = items, load(config.eval_data)
+    else:
+        train, held_out = split_by_prompt(items, config.eval_fraction, config.seed)
+    if not train:
+        raise UserError(f"{config.data}: nothing left to train on after the held-out split; lower --eval-fraction")
+    if config.unpaired:
+        good = sum(e.label for e in train)
+        if good == 0 or good == len(train):
+            which = "desirable (label true)" if good else "undesirable (label false)"
+            raise UserError(f"{config.data}: all {len(train)} KTO examples are {which}; KTO needs both classes "
+                            "(its loss compares each against the batch's KL reference point)")
+    return train, held_out
+
+
+# ---------------------------------------------------------------- the tasks
+
+
+class _RefSource:
+    """The reference's summed log-probs: from a precomputed cache, or a forward of the Reference."""
+
+    def __init__(self, reference, pad_id: int):
+        self.reference, self.pad_id = reference, pad_id
+        self.cache: dict[tuple, float] = {}
+
+    def logps(self, prompts, completions):
+        import torch
+
+        from rlhfkit.models.sequences import completion_logps
+
+        keys = [(tuple(p), tuple(c)) for p, c in zip(prompts, completions)]
+        if self.reference is None:
+            missing = [k for k in keys if k not in self.cache]
+            if missing:
+                raise RuntimeError(f"{len(missing)} sequences have no precomputed reference log-probs")
+            return torch.tensor([self.cache[k] for k in keys])
+        with torch.no_grad(), self.reference.active():
+            return completion_logps(self.reference.network, prompts, completions, self.pad_id, with_logits=False).sums
+
+    def precompute(self, prompts, completions, batch_size: int, progress: bool) -> None:
+        """Fill the cache, then drop the reference network (nothing but the numbers is kept)."""
+        from tqdm.auto import tqdm
+
+        todo = sorted({(tuple(p), tuple(c)) for p, c in zip(prompts, completions)}, key=lambda k: len(k[0]) + len(k[1]))
+        for i in tqdm(range(0, len(todo), batch_size), desc="reference log-probs", unit="batch", disable=not progress):
+            chunk = todo[i:i + batch_size]
+            values = self.logps([list(k[0]) for k in chunk], [list(k[1]) for k in chunk])
+            self.cache.update(zip(chunk, values.float().cpu().tolist()))
+        self.reference = None
+        gc.collect()
+
+
+class PairTask:
+    """The supervised loop's view of DPO: units are pairs, the loss the summed per-pair loss of the combination."""
+
+    def __init__(self, pairs: list[EncodedPair], pad_id: int, config: DPOConfig, ref: _RefSource | None):
+        self.pairs, self.pad_id, self.config, self.ref = pairs, pad_id, config, ref
+        self.settings = dict(beta=config.beta, label_smoothing=config.label_smoothing, simpo_gamma=config.simpo_gamma)
+        self._step = None
+
+    def units(self, indices) -> int:
+        return len(indices)
+
+    def before_step(self, model, indices, step) -> None:
+        """This step's batch shape (this process's share): the sft term is a token mean over the whole batch,
+        and logits/* are token means, so every micro-batch scales by the batch's counts."""
+        chosen = sum(len(self.pairs[i].chosen) for i in indices)
+        rejected = sum(len(self.pairs[i].rejected) for i in indices)
+        self._step = (len(indices), max(chosen, 1), max(rejected, 1))
+
+    def loss(self, model, indices):
+        import torch
+
+        from rlhfkit.models.sequences import pair_logps
+        from rlhfkit.objectives.dpo import REFERENCE_FREE, PairLogps, combined_loss, pair_rewards
+
+        ps = [self.pairs[i] for i in indices]
+        prompts, chosen, rejected = [p.prompt for p in ps], [p.chosen for p in ps], [p.rejected for p in ps]
+        if self._step is None:
+            self.before_step(model, indices, None)
+        pairs, chosen_tokens, rejected_tokens = self._step
+        c, r = pair_logps(model, prompts, chosen, rejected, self.pad_id)
+        ref_c = ref_r = None
+        if self.ref is not None:
+            ref = self.ref.logps(prompts + prompts, chosen + rejected).to(c.sums.device)
+            ref_c, ref_r = ref[:len(ps)], ref[len(ps):]
+        x = PairLogps(c.sums, r.sums, c.tokens, r.tokens, ref_c, ref_r, tokens_per_pair=chosen_tokens / pairs)
+        losses = combined_loss(self.config.loss_type, self.config.loss_weights, x, **self.settings)
+        reference_free = all(t in REFERENCE_FREE for t in self.config.loss_type)
+        with torch.no_grad():
+            rc, rr = pair_rewards(x, self.config.beta, reference_free)
+            lc, lr = x.averages() if reference_free else (x.chosen, x.rejected)  # TRL's CPO logs per-token means
+            stats = {"rewards/chosen": rc.sum().item(), "rewards/rejected": rr.sum().item(),
+                     "rewards/margins": (rc - rr).sum().item(), "rewards/accuracies": (rc > rr).sum().item(),
+                     "logps/chosen": lc.sum().item(), "logps/rejected": lr.sum().item(),
+                     # token means over the whole batch: this piece's sums x (batch pairs / batch tokens)
+                     "logits/chosen": c.logit_sums.sum().item() * pairs / chosen_tokens,
+                     "logits/rejected": r.logit_sums.sum().item() * pairs / rejected_tokens}
+            if "sft" in self.config.loss_type or "orpo" in self.config.loss_type:
+                stats["nll_loss"] = (-c.sums.sum()).item() * pairs / chosen_tokens
+        return losses.sum(), stats
+
+
+class KTOTask:
+    """KTO on the supervised loop: units are examples; `before_step` estimates the batch's KL reference point
+    (no grad) on mismatched pairs, which every micro-batch's loss then uses."""
+
+    def __init__(self, examples: list[EncodedExample], pad_id: int, config: DPOConfig, ref: _RefSource,
+                 reduce=None):
+        self.examples, self.pad_id, self.config, self.ref, self.reduce = examples, pad_id, config, ref, reduce
+        self.partner = mismatched(len(examples), config.batch_size)
+        self._kl, self._counts = None, None
+
+    def units(self, indices) -> int:
+        return len(indices)
+
+    def kl_pairs(self, indices):
+        return ([self.examples[i].prompt for i in indices],
+                [self.examples[self.partner[i]].completion for i in indices])
+
+    def before_step(self, model, indices, step) -> None:
+        import torch
+
+        from rlhfkit.models.sequences import completion_logps
+        from rlhfkit.objectives.dpo import kto_kl
+
+        prompts, completions = self.kl_pairs(indices)
+        policy = completion_logps(model, prompts, completions, self.pad_id, with_logits=False).sums
+        ref = self.ref.logps(prompts, completions).to(policy.device)
+        diff = (policy - ref).float()
+        if self.reduce is not None:  # the KL of the global batch, as TRL gathers it
+            total = self.reduce(torch.stack([diff.sum(), torch.tensor(float(len(diff)), device=diff.device)]))
+            self._kl = kto_kl(total[0:1] / total[1], torch.zeros(1, device=diff.device))
+        else:
+            self._kl = kto_kl(diff, torch.zeros_like(diff))
+        good = sum(self.examples[i].label for i in indices)
+        self._counts = (len(indices), good, len(indices) - good,
+                        sum(len(self.examples[i].completion) for i in indices if self.examples[i].label),
+                        sum(len(self.examples[i].completion) for i in indices if not self.examples[i].label))
+
+    def loss(self, model, indices):
+        import torch
+
+        from rlhfkit.models.sequences import completion_logps
+        from rlhfkit.objectives.dpo import kto_loss
+
+        if self._kl is None:
+            with torch.no_grad():
+                self.before_step(model, indices, None)
+        ex = [self.examples[i] for i in indices]
+        prompts, completions = [e.prompt for e in ex], [e.completion for e in ex]
+        out = completion_logps(model, prompts, completions, self.pad_id)
+        ref = self.ref.logps(prompts, completions).to(out.sums.device)
+        desirable = torch.tensor([e.label for e in ex], device=out.sums.device)
+        c = self.config
+        losses = kto_loss(out.sums, ref, desirable, self._kl.to(out.sums.device), c.beta, c.desirable_weight,
+                          c.undesirable_weight)
+        n, good, bad, good_tokens, bad_tokens = self._counts
+        with torch.no_grad():
+            rewards = c.beta * (out.sums.detach() - ref)
+            d, u = desirable, ~desirable
+            stats = {"kl": self._kl.item() * len(ex)}
+            # class means over the whole batch (TRL's): this piece's class sums x (batch size / class size)
+            for key, mask, count, tokens in (("chosen", d, good, good_tokens), ("rejected", u, bad, bad_tokens)):
+                if count:
+                    stats[f"rewards/{key}"] = rewards[mask].sum().item() * n / count
+                    stats[f"logps/{key}"] = out.sums.detach()[mask].sum().item() * n / count
+                if tokens:
+                    stats[f"logits/{key}"] = out.logit_sums[mask].sum().item() * n / tokens
+            if good and bad:
+                stats["rewards/margins"] = rewards[d].sum().item() * n / good - rewards[u].sum().item() * n / bad
+        return losses.sum(), stats
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate_task(model, task, n: int, batch_size: int, autocast: bool = False) -> dict:
+    """Mean loss and metrics over `n` held-out units, in batches (no grad, dropout off)."""
+    import torch
+
+    if not n:
+        return {}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    totals: dict[str, float] = {}
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        for start in range(0, n, batch_size):
+            idx = list(range(start, min(start + batch_size, n)))
+            task.before_step(model, idx, None)
+            loss, stats = task.loss(model, idx)
+            for k, v in {"loss": loss.item(), **stats}.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+    model.train(was_training)
+    return {k: v / n for k, v in totals.items()}
+
+
+# ---------------------------------------------------------------- training
+
+
+def _reference(config: DPOConfig, model):
+    """The Reference this run compares against (None for reference-free losses): the given model, the
+    policy with its adapters off under LoRA (no second copy), else a frozen copy of the policy as it starts."""
+    from rlhfkit.models.reference import Reference
+
+    if not config.needs_reference:
+        return None
+    if config.ref_model:
+        from rlhfkit.models import load_policy
+
+        return Reference.given(load_policy(config.ref_model, verbose=False).model)
+    return Reference.for_policy(model)
+
+
+def train_dpo(config: DPOConfig, progress: bool = True) -> dict:
+    """Train, evaluate every epoch when there is held-out data, save; returns
+    {"steps": [loss per step], "epochs": [...], "out": folder, "reference": kind}."""
+    import torch
+
+    from rlhfkit.config import save_yaml
+    from rlhfkit.models import LoraOptions, load_policy
+    from rlhfkit.training.runtime import everywhere
+    from rlhfkit.training.supervised import LoopSettings, SupervisedLoop, latest_checkpoint
+
+    config.check()
+    train, held_out = everywhere(lambda: load_training_data(config), "DPO data")
+    rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+    policy = load_policy(config.model, lora=LoraOptions.of(config))
+    model, tokenizer, seq2seq = policy.model, policy.tokenizer, policy.seq2seq
+    what = "examples" if config.unpaired else "pairs"
+    encode = encode_unpaired if config.unpaired else encode_pairs
+    train_enc = encode(tokenizer, train, seq2seq, config.max_length, config.long_pairs, f"training {what}")
+    eval_enc = encode(tokenizer, held_out, seq2seq, config.max_length, config.long_pairs, f"held-out {what}")
+    # a frozen copy is taken before the loop prepares (and later updates) the policy
+    reference = _reference(config, model)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, out / "config.yaml")
+    plan = []
+    for _ in range(config.epochs):
+        order = list(range(len(train_enc)))
+        rng.shuffle(order)
+        plan.append([order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)])
+    settings = LoopSettings(config.learning_rate, config.weight_decay, config.warmup_ratio, config.max_grad_norm,
+                            config.gradient_accumulation_steps, config.mixed_precision, config.log_every,
+                            config.save_every, config.seed)
+    loop = SupervisedLoop(model, settings, plan, out, config)
+    if config.merge and loop.runtime.sharded:
+        raise UserError("--merge under FSDP/DeepSpeed is not supported; save the adapter and run "
+                        "`rlhfkit export --model DIR --merge --out DIR`")
+    if config.resume and latest_checkpoint(out) is not None:
+        loop.load_state(out)
+        print(f"rlhfkit dpo: resuming at step {loop.step} of {loop.total_steps}")
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    pad_id = tokenizer.pad_token_id
+    kind = reference.kind if reference is not None else "none"
+    ref = None
+    if reference is not None:
+        if reference.kind == "adapters_off":  # the prepared policy's own peft model, adapters switched off
+            from rlhfkit.models.reference import Reference
+
+            reference = Reference.adapters_off(loop.unwrapped)
+        ref = _RefSource(reference.to(loop.runtime.device), pad_id)
+        if config.precompute_ref:
+            items = train_enc + eval_enc
+            if config.unpaired:
+                kl_train = [(train_enc[i].prompt, train_enc[j].completion)
+                            for i, j in enumerate(mismatched(len(train_enc), config.batch_size))]
+                kl_eval = [(eval_enc[i].prompt, eval_enc[j].completion)
+                           for i, j in enumerate(mismatched(len(eval_enc), config.batch_size))]
+                prompts = [x.prompt for x in items] + [p for p, _ in kl_train + kl_eval]
+                completions = [x.completion for x in items] + [c for _, c in kl_train + kl_eval]
+            else:
+                prompts = [x.prompt for x in items] * 2
+                completions = [x.chosen for x in items] + [x.rejected for x in items]
+            ref.precompute(prompts, completions, max(2 * config.batch_size, 8), progress and loop.runtime.is_main_process)
+            del reference
+            kind += ", precomputed"
+    reduce = loop.runtime.reduce_sum if loop.runtime.num_processes > 1 else None
+    if config.unpaired:
+        task, eval_task = (KTOTask(train_enc, pad_id, config, ref, reduce),
+                           KTOTask(eval_enc, pad_id, config, ref) if eval_enc else None)
+    else:
+        task, eval_task = (PairTask(train_enc, pad_id, config, ref),
+                           PairTask(eval_enc, pad_id, config, ref) if eval_enc else None)
+    print(f"rlhfkit dpo: {len(train_enc)} training {what}, {len(eval_enc)} held-out, {loop.total_steps} steps, "
+          f"loss {'+'.join(config.loss_type)} ({'seq2seq' if seq2seq else 'causal'}, "
+          f"{'LoRA' if config.lora else 'full fine-tuning'}, reference: {kind})")
+
+    def after_epoch(record: dict) -> dict:
+        line = f"epoch {record['epoch']}/{config.epochs}: train loss {record['train/epoch_loss']:.4f}"
+        if "train/epoch_rewards/accuracies" in record:
+            line += f", reward accuracy {record['train/epoch_rewards/accuracies']:.1%}"
+        extra = {}
+        if eval_task is not None:
+            ev = evaluate_task(loop.unwrapped, eval_task, len(eval_enc), config.batch_size,
+                               config.mixed_precision == "bf16")
+            extra = {f"eval/{k}": v for k, v in ev.items()}
+            line += f" | held-out loss {ev['loss']:.4f}"
+            if "rewards/accuracies" in ev:
+                line += f", reward accuracy {ev['rewards/accuracies']:.1%}"
+        if loop.runtime.is_main_process:
+            print(line, flush=True)
+        return extra
+
+    history = loop.fit(task, after_epoch, progress)
+    full = loop.runtime.full_state_dict(loop.model)
+    if loop.runtime.is_main_process:
+        from rlhfkit.methods.sft import _save
+        from rlhfkit.models.card import publish
+
+        _save(loop.unwrapped, tokenizer, config, out, full, method="dpo")
+        publish(out, "kto" if config.unpaired else "dpo", config, datasets=[config.data, config.eval_data],
+                history=history)
+    return {"steps": [row["loss"] for row in loop.steps], "epochs": history, "out": str(out), "reference": kind}
+
+
+__all__ = ["DPOConfig", "EncodedExample", "EncodedPair", "KTOTask", "LOSS_TYPES", "PairTask", "encode_pairs",
+           "encode_unpaired", "evaluate_task", "load_training_data", "mismatched", "train_dpo"]
