@@ -104,3 +104,18 @@ def test_gpt2_conv1d_is_pruned_too(tmp_path, calibration):
 
     result = prune_model("tiny-gpt2", tmp_path / "g", "wanda", sparsity=0.5, calibration=str(calibration))
     assert result.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_seq2seq_wanda_reaches_both_stacks(tmp_path, calibration):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from rlhfkit.compression.prune import layer_sparsity, prune_model
+
+    prune_model("tiny-t5", tmp_path / "t", "wanda", sparsity=0.5, calibration=str(calibration))
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "t"))
+    assert layer_sparsity(model)[0] == pytest.approx(0.5, abs=1e-3)
+    for stack in (model.encoder.block, model.decoder.block):
+        w = stack[-1].layer[-1].DenseReluDense.wo.weight
+        assert (w == 0).float().mean() == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(UserError, match="decoder-only"):
+        prune_model("tiny-t5", tmp_path / "d", "depth", drop_layers=1, calibration=str(calibration))
