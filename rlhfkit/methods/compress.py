@@ -40,6 +40,7 @@ class CompressSuite:
     heldout_prompts: str | None = None
     heldout_text: str | None = None
     seed: int = 0
+    reuse: bool = False                   # keep compressed folders a previous run finished (compression.json)
 
 
 def _quantizable(teacher: str) -> str | None:
@@ -73,31 +74,42 @@ def run_suite(teacher: str, out, suite: CompressSuite | None = None, progress: b
     out.mkdir(parents=True, exist_ok=True)
     calibration = suite.calibration or str(ASSETS / "prompts_train.jsonl")
     models, skipped = {}, {}
+
+    def done(folder: Path) -> bool:
+        if suite.reuse and (folder / "compression.json").exists():
+            print(f"rlhfkit compress: reusing {folder}")
+            return True
+        return False
+
     why = _quantizable(teacher)
     for scheme in suite.schemes:
         if why:
             skipped[scheme] = why
             continue
-        models[scheme] = quantize_model(teacher, out / scheme, scheme).out
-    for method in ("magnitude", "wanda"):
-        name = f"{method}-{int(100 * suite.sparsity)}%"
-        models[name] = prune_model(teacher, out / name, method, suite.sparsity, calibration=calibration,
-                                   n_calibration=suite.n_calibration, progress=progress).out
+        models[scheme] = out / scheme if done(out / scheme) else quantize_model(teacher, out / scheme, scheme).out
+    prune_jobs = [(f"{m}-{int(100 * suite.sparsity)}%", m, suite.sparsity, None) for m in ("magnitude", "wanda")]
     if suite.pattern:
-        name = f"wanda-{suite.pattern.replace(':', 'of')}"
-        models[f"wanda-{suite.pattern}"] = prune_model(teacher, out / name, "wanda", pattern=suite.pattern,
-                                                       calibration=calibration, n_calibration=suite.n_calibration,
-                                                       progress=progress).out
+        prune_jobs.append((f"wanda-{suite.pattern}", "wanda", None, suite.pattern))
+    for name, method, sparsity, pattern in prune_jobs:
+        folder = out / name.replace(":", "of")
+        models[name] = folder if done(folder) else prune_model(
+            teacher, folder, method, sparsity, pattern, calibration=calibration, n_calibration=suite.n_calibration,
+            progress=progress).out
     src = load_source(teacher, "--teacher")
     n_blocks = len(block_stacks(src.model)[0][1])
     if suite.depth_fraction and len(block_stacks(src.model)) == 1:
         drop = max(1, round(suite.depth_fraction * n_blocks))
-        models[f"depth-{drop}"] = prune_model(teacher, out / f"depth-{drop}", "depth", drop_layers=drop,
-                                              calibration=calibration, n_calibration=suite.n_calibration).out
-    if suite.distill:
-        layers = max(1, round(suite.student_fraction * n_blocks))
+        folder = out / f"depth-{drop}"
+        models[f"depth-{drop}"] = folder if done(folder) else prune_model(
+            teacher, folder, "depth", drop_layers=drop, calibration=calibration, n_calibration=suite.n_calibration).out
+    layers = max(1, round(suite.student_fraction * n_blocks))
+    folder = out / f"distilled-{layers}"
+    if suite.distill and done(folder) and (folder / "baselines" / "layer-dropped").exists():
+        models[f"distilled-{layers}"] = folder
+        models[f"layer-dropped-{layers}"] = folder / "baselines" / "layer-dropped"
+    elif suite.distill:
         result = train_distill(DistillConfig(
-            teacher=teacher, student_layers=layers, data=calibration, output_dir=str(out / f"distilled-{layers}"),
+            teacher=teacher, student_layers=layers, data=calibration, output_dir=str(folder),
             limit=suite.distill_rows, epochs=suite.distill_epochs, batch_size=suite.distill_batch_size,
             learning_rate=suite.distill_lr, max_new_tokens=suite.distill_max_new_tokens, measure=True,
             seed=suite.seed), progress=progress, teacher_source=src)
