@@ -42,13 +42,15 @@ class MeasureSettings:
     heldout_text: str | None = None      # default: the shipped documents (assets/rag/docs)
     n_prompts: int = 32                  # prompts sampled for toxicity
     max_new_tokens: int = 32
-    n_speed_prompts: int = 6             # prompts timed at batch 1
+    n_speed_prompts: int = 6             # prompts timed at batch 1 (fewer when speed_seconds runs out)
+    speed_seconds: float = 60.0          # time budget of the batch-1 timing (at least one prompt is timed)
+    sample_seconds: float = 600.0        # a model slower than this to sample the held-out prompts gets no toxicity
     text_chunks: int = 24                # held-out text chunks for perplexity and agreement
     chunk_tokens: int = 128
     temperature: float = 0.7
     top_p: float = 0.9
-    batch_size: int = 8
-    seed: int = 0
+    batch_size: int = 32                 # the held-out prompts sampled together (the cost of torchao's CPU
+    seed: int = 0                        # int8 paths is per call, not per row)
 
     @classmethod
     def of(cls, config) -> "MeasureSettings":
@@ -131,25 +133,39 @@ def worker(job: dict) -> dict:
     load_seconds = time.perf_counter() - start
     prompts = job["prompts"]
     queries = encode_prompts(tokenizer, prompts)
-    fixed = GenerationSettings(max_new_tokens=job["max_new_tokens"], min_new_tokens=job["max_new_tokens"],
-                               temperature=job["temperature"], top_p=job["top_p"])
+    def fixed(n):
+        return GenerationSettings(max_new_tokens=n, min_new_tokens=n, temperature=job["temperature"], top_p=job["top_p"])
+
     torch.manual_seed(job["seed"])
-    sample(model, tokenizer, queries[:1], fixed)  # warm-up: first-call allocations and kernel choices
-    speed_q = queries[:job["n_speed_prompts"]]
+    t0 = time.perf_counter()
+    sample(model, tokenizer, queries[:1], fixed(4))  # warm-up: first-call allocations and kernel choices
+    per_token = (time.perf_counter() - t0) / 4
+    budget_speed = job.get("speed_seconds", 60.0)
+    # a scheme this CPU runs slowly is timed on fewer tokens (at least 4), not for minutes
+    n_new = max(4, min(job["max_new_tokens"], int(budget_speed / max(per_token, 1e-9))))
     tokens, seconds = 0, 0.0
-    for q in speed_q:
+    for q in queries[:job["n_speed_prompts"]]:
+        if tokens and seconds > budget_speed:
+            break
         t0 = time.perf_counter()
-        tokens += len(sample(model, tokenizer, [q], fixed)[0])
+        tokens += len(sample(model, tokenizer, [q], fixed(n_new))[0])
         seconds += time.perf_counter() - t0
-    settings = GenerationSettings(max_new_tokens=job["max_new_tokens"], temperature=job["temperature"],
-                                  top_p=job["top_p"])
-    torch.manual_seed(job["seed"])
-    texts = []
-    for i in range(0, len(queries), job["batch_size"]):
-        responses = sample(model, tokenizer, queries[i:i + job["batch_size"]], settings)
-        texts += [t.replace("\x00", "").strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]
+    budget = job.get("sample_seconds", 600.0)
+    # one batch of held-out prompts costs at least its steps at batch 1; skip what cannot finish in time
+    estimate = (seconds / max(tokens, 1)) * job["max_new_tokens"] * math.ceil(len(queries) / job["batch_size"])
+    texts, sample_seconds = None, None
+    if estimate <= budget:
+        settings = GenerationSettings(max_new_tokens=job["max_new_tokens"], temperature=job["temperature"],
+                                      top_p=job["top_p"])
+        torch.manual_seed(job["seed"])
+        texts, t0 = [], time.perf_counter()
+        for i in range(0, len(queries), job["batch_size"]):
+            responses = sample(model, tokenizer, queries[i:i + job["batch_size"]], settings)
+            texts += [t.replace("\x00", "").strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]
+        sample_seconds = time.perf_counter() - t0
     return {"load_seconds": load_seconds, "tokens_per_second": tokens / seconds if seconds else math.nan,
             "timed_tokens": tokens, "peak_rss_mb": _rss_mb(), "base_rss_mb": base_rss, "texts": texts,
+            "sample_seconds": sample_seconds, "sample_estimate_seconds": estimate,
             "linear_modules": _linear_modules(model), "threads": torch.get_num_threads()}
 
 
@@ -262,7 +278,7 @@ def deployment_table(teacher: str, models: dict, out, settings: MeasureSettings 
             text = text_metrics(model, chunks, None if name == "teacher" else teacher_model)
             if name == "teacher":
                 text.update({"kl_to_teacher": 0.0, "top1_match": 1.0})
-            scores = toxicity(prompts, r["texts"])
+            scores = toxicity(prompts, r["texts"]) if r["texts"] is not None else None
             info = {}
             meta = Path(folder) / "compression.json"
             if meta.exists():
@@ -272,7 +288,9 @@ def deployment_table(teacher: str, models: dict, out, settings: MeasureSettings 
                          **disk_sizes(folder, r["linear_modules"]),
                          "peak_rss_mb": r["peak_rss_mb"], "base_rss_mb": r["base_rss_mb"],
                          "tokens_per_second": r["tokens_per_second"], "load_seconds": r["load_seconds"],
-                         "toxicity": sum(scores) / len(scores), **text,
+                         "toxicity": sum(scores) / len(scores) if scores else math.nan, **text,
+                         "timed_tokens": r["timed_tokens"], "sample_seconds": r["sample_seconds"],
+                         "sample_estimate_seconds": r["sample_estimate_seconds"],
                          "sparsity": info.get("sparsity_reached"), "samples": r["texts"], "scores": scores})
             del model
     base = rows[0]
@@ -282,6 +300,10 @@ def deployment_table(teacher: str, models: dict, out, settings: MeasureSettings 
         row["speedup"] = row["tokens_per_second"] / base["tokens_per_second"]
         row["perplexity_change"] = row["perplexity"] / base["perplexity"] - 1
         row["toxicity_change"] = row["toxicity"] / base["toxicity"] - 1 if base["toxicity"] else math.nan
+        if row["samples"] is None:
+            print(f"rlhfkit measure: {row['model']}: {row['tokens_per_second']:.2f} tokens/s on this CPU; sampling "
+                  f"{len(prompts)} held-out prompts would take ~{row['sample_estimate_seconds']:.0f}s, over the "
+                  f"{settings.sample_seconds:.0f}s budget: no toxicity measured")
     result = {"teacher": str(teacher), "settings": asdict(settings), "n_prompts": len(prompts),
               "threads": runs["teacher"]["threads"], "rows": [{k: v for k, v in r.items() if k not in ("samples", "scores")}
                                                              for r in rows]}
@@ -306,7 +328,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
                     "linear weights (MB)": round(r["linear_weights_bytes"] / 1e6, 1),
                     "linear size x teacher": round(r["linear_size_ratio"], 3),
                     "peak RAM (MB)": round(r["peak_rss_mb"]), "tokens/s": round(r["tokens_per_second"], 1),
-                    "speed x teacher": round(r["speedup"], 2), "toxicity": round(r["toxicity"], 4),
+                    "speed x teacher": round(r["speedup"], 2),
+                    "toxicity": round(r["toxicity"], 4) if _finite(r["toxicity"]) else "not sampled (too slow here)",
                     "toxicity change": f"{100 * r['toxicity_change']:+.1f}%" if _finite(r["toxicity_change"]) else "n/a",
                     "perplexity": round(r["perplexity"], 2), "perplexity change": f"{100 * r['perplexity_change']:+.1f}%",
                     "KL to teacher": round(r["kl_to_teacher"], 4), "top-1 match": round(r["top1_match"], 3),
@@ -343,7 +366,8 @@ def plot_tradeoff(rows: list[dict], out: Path) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     for r in rows:
         ax.scatter(r["size_ratio"], r["speedup"], s=60)
-        ax.annotate(f"{r['model']}\ntox {r['toxicity']:.3f}, ppl {r['perplexity']:.1f}", (r["size_ratio"], r["speedup"]),
+        tox = f"tox {r['toxicity']:.3f}" if _finite(r["toxicity"]) else "tox n/a"
+        ax.annotate(f"{r['model']}\n{tox}, ppl {r['perplexity']:.1f}", (r["size_ratio"], r["speedup"]),
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("weights on disk (x teacher)")
     ax.set_ylabel("sampling tokens/s (x teacher)")
@@ -360,8 +384,9 @@ def write_table_report(out: Path, title: str, result: dict, rows: list[dict], pr
     from rlhfkit.data import prompt_text
     from rlhfkit.evaluation.report import write_report
 
-    samples = [{"prompt": prompt_text(p), "completions": {r["model"]: [r["samples"][i]] for r in rows},
-                "scores": {r["model"]: {"toxicity": [r["scores"][i]]} for r in rows}} for i, p in enumerate(prompts)]
+    sampled = [r for r in rows if r["samples"] is not None]
+    samples = [{"prompt": prompt_text(p), "completions": {r["model"]: [r["samples"][i]] for r in sampled},
+                "scores": {r["model"]: {"toxicity": [r["scores"][i]]} for r in sampled}} for i, p in enumerate(prompts)]
     return write_report(out, title=title, samples=samples, images=[plot_tradeoff(rows, out)],
                         extra_sections=[("Deployment table", table_rows(rows)), ("How it was measured", NOTE.format(
                             n=result["n_prompts"], threads=result["threads"], **result["settings"]))])
@@ -369,9 +394,11 @@ def write_table_report(out: Path, title: str, result: dict, rows: list[dict], pr
 
 NOTE = ("{n} held-out prompts, the same seed for every model; toxicity: the `toxicity` reward on one completion per "
         "prompt (temperature {temperature}, top-p {top_p}, up to {max_new_tokens} new tokens), lower is better. "
-        "tokens/s: batch 1, {max_new_tokens} new tokens on each of {n_speed_prompts} prompts after a warm-up, "
+        "tokens/s: batch 1, {max_new_tokens} new tokens on each of up to {n_speed_prompts} prompts after a warm-up "
+        "(fewer when {speed_seconds:.0f}s run out), "
         "{threads} CPU threads. Peak RAM: the peak resident set of a fresh process that loads and samples the model "
-        "(Python, torch and transformers included). Perplexity and agreement (KL(teacher || model) per token, top-1 "
+        "(Python, torch and transformers included). A model that would need over {sample_seconds:.0f}s to sample the "
+        "held-out prompts is not sampled (no toxicity). Perplexity and agreement (KL(teacher || model) per token, top-1 "
         "match): {text_chunks} chunks of {chunk_tokens} tokens of held-out text.")
 
 

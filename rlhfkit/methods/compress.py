@@ -142,8 +142,10 @@ def check_goals(rows: list[dict]) -> list[dict]:
             f"{q['linear_size_ratio']:.3f}x")
         add("int8 weight-only: tokens/s >= 1.3x fp32", q["speedup"] >= 1.3, f"{q['speedup']:.2f}x")
         add("int8 weight-only: perplexity <= +3%", q["perplexity_change"] <= 0.03, f"{100 * q['perplexity_change']:+.2f}%")
-        add("int8 weight-only: toxicity within +10% of the teacher", q["toxicity_change"] <= 0.10,
-            f"{100 * q['toxicity_change']:+.1f}%")
+        sampled = q["toxicity_change"] == q["toxicity_change"]  # NaN when the CPU was too slow to sample it
+        add("int8 weight-only: toxicity within +10% of the teacher", sampled and q["toxicity_change"] <= 0.10,
+            f"{100 * q['toxicity_change']:+.1f}%" if sampled else
+            f"not sampled: {q['tokens_per_second']:.2f} tokens/s on this CPU")
     mag = next((r for k, r in by.items() if k.startswith("magnitude-")), None)
     wan = next((r for k, r in by.items() if k.startswith("wanda-") and k.endswith("%")), None)
     if mag and wan:
