@@ -22,7 +22,7 @@ from typing import Literal
 from rlhfkit.config import option, renamed, save_yaml
 from rlhfkit.errors import UserError
 
-STAGES = ("generate", "label", "reward", "train", "eval", "report")  # "train": one stage per method
+STAGES = ("generate", "label", "reward", "train", "eval", "compress", "report")  # "train": one stage per method
 ONLINE_METHODS = ("ppo", "grpo", "rloo")
 OFFLINE_METHODS = ("dpo",)  # trained on the label stage's rankings directly: no reward model, no sampling
 ASSETS = Path(__file__).parent / "assets"
@@ -66,6 +66,8 @@ class DemoConfig:
     dpo_beta: float | None = option(None, "DPO beta (preset)")
     num_generations: int = option(4, "completions per prompt in a step of the group methods (grpo, rloo)")
     mixed_precision: Literal["no", "bf16"] | None = option(None, "bf16 autocast for PPO training passes (preset)")
+    compress: bool = option(False, "a final stage: quantize, prune and distil the first method's model and write "
+                                   "its deployment table (stage folder compress/, a section of the report)")
     seed: int = option(0, "random seed for every stage")
 
 
@@ -189,7 +191,12 @@ def run_demo(config: DemoConfig) -> dict:
                         "temperature": config.eval_temperature, "top_p": config.eval_top_p,
                         "scores": ["toxicity", "vader"]}, tuple(trained),
                lambda f: _evaluate(f, stages, config, heldout, trained))
-    stages.run("report", {}, ("eval",), lambda f: _report(f, stages, config, trained))
+    if config.compress:
+        suite = _compress_suite(config)
+        stages.run("compress", {"suite": asdict(suite), "teacher": trained[0]}, (trained[0],),
+                   lambda f: _compress(f, stages, trained[0], suite))
+    stages.run("report", {"compress": config.compress}, ("eval",) + (("compress",) if config.compress else ()),
+               lambda f: _report(f, stages, config, trained))
     result = json.loads((stages.folder("eval") / "eval.json").read_text())
     from rlhfkit.evaluation.summary import format_summary
 
@@ -336,7 +343,8 @@ def _report(folder: Path, stages: Stages, config: DemoConfig, methods: list[str]
         folder, title=f"rlhfkit demo ({config.preset}): detoxifying {config.policy}", evaluation=result,
         metrics=stages.folder(methods[0]) / "metrics.jsonl", config=asdict(config), summary_text=format_summary(result),
         extra_sections=[("Methods (held-out, paired against before)", _method_table(result, stages)),
-                        ("Reward model", _reward_summary(reward)), ("Stage times (seconds)", timings)],
+                        ("Reward model", _reward_summary(reward)), *_compress_sections(stages, config, methods),
+                        ("Stage times (seconds)", timings)],
     )
     # The report at the top of the run folder, where people look first.
     (stages.root / "report.html").write_bytes((folder / "report.html").read_bytes())
@@ -362,3 +370,36 @@ def _method_table(result: dict, stages: Stages) -> list[dict]:
 def _reward_summary(result: dict) -> list[dict]:
     return [{"epoch": i + 1, **{k: v for k, v in e.items() if isinstance(v, (int, float))}}
             for i, e in enumerate(result.get("eval") or [])]
+
+
+# ---------------------------------------------------------------- compression (--compress)
+
+
+def _compress_suite(config: DemoConfig):
+    from rlhfkit.methods.compress import CompressSuite
+
+    if config.preset == "quick":
+        return CompressSuite(distill_rows=16, distill_epochs=1, distill_batch_size=8, distill_max_new_tokens=8,
+                             n_calibration=16, n_prompts=8, max_new_tokens=8, seed=config.seed)
+    return CompressSuite(seed=config.seed, max_new_tokens=config.max_new_tokens)
+
+
+def _compress(folder: Path, stages: Stages, method: str, suite) -> None:
+    """The first method's tuned model (its adapter, merged on the fly) compressed every way, then measured."""
+    from rlhfkit.methods.compress import run_suite
+
+    run_suite(str(stages.folder(method) / "model"), folder, suite)
+
+
+def _compress_sections(stages: Stages, config: DemoConfig, methods: list[str]) -> list:
+    if not config.compress:
+        return []
+    from rlhfkit.compression.measure import table_rows
+
+    folder = stages.folder("compress")
+    rows = json.loads((folder / "metrics.json").read_text())["rows"]
+    goals = json.loads((folder / "goals.json").read_text())
+    notes = [{"goal": g["goal"], "measured": g["measured"], "met": "yes" if g["met"] else "no"} for g in goals["goals"]]
+    notes += [{"goal": k, "measured": "skipped", "met": v} for k, v in goals["skipped"].items()]
+    return [(f"Compression for deployment ({methods[0]}'s model as the teacher; {folder / 'report.html'})",
+             table_rows(rows)), ("Compression goals", notes)]

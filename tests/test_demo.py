@@ -123,3 +123,17 @@ def test_dpo_trains_on_the_label_stage_rankings_beside_ppo(quick_run, capsys):
     result = json.loads((quick_run / "eval" / "eval.json").read_text())
     assert result["methods"] == {"ppo": "after", "dpo": "dpo"} and "dpo" in result["changes"]
     assert "dpo" in (quick_run / "report.html").read_text()
+
+
+@pytest.mark.slow  # the compression suite measures each model in its own process: minutes
+def test_compress_stage_adds_the_deployment_table_to_the_report(quick_run, capsys):
+    assert main(["demo", "--preset", "quick", "--out", str(quick_run), "--compress"]) == 0
+    out = capsys.readouterr().out
+    assert "[ppo] reusing" in out and "[compress] running" in out
+    rows = json.loads((quick_run / "compress" / "metrics.json").read_text())["rows"]
+    names = [r["model"] for r in rows]
+    assert names[0] == "teacher" and "wanda-50%" in names and any(n.startswith("distilled-") for n in names)
+    goals = json.loads((quick_run / "compress" / "goals.json").read_text())
+    assert "Conv1D" in goals["skipped"]["int8-weight"]  # tiny-gpt2 cannot be quantized by torchao: said, not hidden
+    html = (quick_run / "report.html").read_text()
+    assert "Compression for deployment" in html and "Compression goals" in html

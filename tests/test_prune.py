@@ -104,3 +104,39 @@ def test_gpt2_conv1d_is_pruned_too(tmp_path, calibration):
 
     result = prune_model("tiny-gpt2", tmp_path / "g", "wanda", sparsity=0.5, calibration=str(calibration))
     assert result.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_seq2seq_wanda_reaches_both_stacks(tmp_path, calibration):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from rlhfkit.compression.prune import layer_sparsity, prune_model
+
+    prune_model("tiny-t5", tmp_path / "t", "wanda", sparsity=0.5, calibration=str(calibration))
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "t"))
+    assert layer_sparsity(model)[0] == pytest.approx(0.5, abs=1e-3)
+    for stack in (model.encoder.block, model.decoder.block):
+        w = stack[-1].layer[-1].DenseReluDense.wo.weight
+        assert (w == 0).float().mean() == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(UserError, match="decoder-only"):
+        prune_model("tiny-t5", tmp_path / "d", "depth", drop_layers=1, calibration=str(calibration))
+
+
+def test_sequential_wanda_matches_the_full_forward_per_block(tiny_llama_dir, calibration):
+    """The fast path (each block run alone on the previous pruned block's outputs) prunes what running
+    the whole model up to each block would."""
+    from rlhfkit.compression.prune import _input_norms, calibration_batches, prunable_layers, prune_weights
+    from rlhfkit.compression.source import load_source
+    from rlhfkit.data import load_prompts
+    from rlhfkit.ops import sparsity as sp
+
+    fast, slow = load_source(str(tiny_llama_dir)), load_source(str(tiny_llama_dir))
+    batches = calibration_batches(fast.tokenizer, load_prompts(calibration), False, batch_size=4)
+    prune_weights(fast.model, "wanda", 0.5, None, batches, progress=False)
+    layers = prunable_layers(slow.model)
+    for b in sorted({b for b, _, _ in layers}):
+        mine = [x for x in layers if x[0] == b]
+        norms = _input_norms(slow.model, mine, batches)
+        for _, name, m in mine:
+            m.weight.data.mul_(sp.unstructured_mask(sp.wanda_scores(m.weight.data, norms[name]), 0.5))
+    for (_, name, a), (_, _, b) in zip(prunable_layers(fast.model), layers):
+        assert ((a.weight == 0) == (b.weight == 0)).float().mean() > 0.999, name

@@ -184,11 +184,7 @@ def prune_weights(model, method: str, sparsity: float | None, pattern: str | Non
                             f"inputs, not a multiple of {nm[1]}")
     if method == "wanda" and not batches:
         raise UserError("--method wanda needs calibration prompts (--calibration FILE)")
-    blocks = sorted({b for b, _, _ in layers})
-    bar = tqdm(blocks, desc=f"pruning ({method})", unit="block", disable=not progress)
-    for b in bar:
-        mine = [(bb, n, m) for bb, n, m in layers if bb == b]
-        norms = _input_norms(model, mine, batches) if method == "wanda" else {}
+    def prune_block(mine, norms):
         for _, name, module in mine:
             w = weight_view(module)
             scores = sp.wanda_scores(w, norms[name]) if method == "wanda" else sp.magnitude_scores(w)
@@ -197,8 +193,93 @@ def prune_weights(model, method: str, sparsity: float | None, pattern: str | Non
             else:  # Wanda compares within each output row; magnitude across the layer (as the Wanda paper)
                 keep = sp.unstructured_mask(scores, sparsity, per="row" if method == "wanda" else "layer")
             _apply(module, keep)
+
+    from rlhfkit.compression.layers import block_stacks
+
+    blocks = sorted({b for b, _, _ in layers})
+    bar = tqdm(blocks, desc=f"pruning ({method})", unit="block", disable=not progress)
+    if method == "wanda" and len(block_stacks(model)) == 1:
+        _wanda_sequential(model, layers, batches, prune_block, bar)
+    else:  # magnitude needs no data; a seq2seq model runs the whole forward up to each block
+        for b in bar:
+            mine = [(bb, n, m) for bb, n, m in layers if bb == b]
+            prune_block(mine, _input_norms(model, mine, batches) if method == "wanda" else {})
+    bar.close()
     return {"target_sparsity": sparsity, "pattern": pattern, "layers": len(layers),
             "calibration_batches": len(batches or [])}
+
+
+def _wanda_sequential(model, layers, batches, prune_block, bar) -> None:
+    """Wanda on a decoder-only model as the paper's code runs it: one dense pass records each block's
+    call (its first input and its keyword arguments: masks, rotary embeddings); then block by block,
+    the block runs on the previous pruned block's outputs with hooks collecting its layers' input
+    norms, is pruned, and runs again to give the next block its inputs. Two block passes per block,
+    not a forward through every block before it."""
+    from rlhfkit.compression.layers import block_stacks
+
+    (_, blocks), = block_stacks(model)
+    calls: list[list] = [[] for _ in blocks]  # per block, per batch: (args after the hidden states, kwargs)
+    first_inputs = []
+
+    def record(i):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            calls[i].append((tuple(args[1:]), rest))
+            if i == 0:
+                first_inputs.append(hidden.detach())
+            if i == len(blocks) - 1:
+                raise _Stop
+        return hook
+
+    handles = [b.register_forward_pre_hook(record(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    model(**batch, use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        for h in handles:
+            h.remove()
+    hidden = first_inputs
+
+    def run_block(i, states):
+        out = []
+        for h, (args, kwargs) in zip(states, calls[i]):
+            y = blocks[i](h, *args, **kwargs)
+            out.append((y[0] if isinstance(y, (tuple, list)) else y).detach())
+        return out
+
+    for b in bar:
+        mine = [(bb, n, m) for bb, n, m in layers if bb == b]
+        sums = {n: None for _, n, _ in mine}
+        current = {}
+
+        def pre_hook(name):
+            def hook(module, args):
+                x = args[0].detach().float()
+                mask = current["mask"]
+                if x.dim() == 3 and mask.shape == x.shape[:2]:
+                    x = x[mask.bool()]
+                x = x.reshape(-1, x.shape[-1])
+                s = (x * x).sum(0)
+                sums[name] = s if sums[name] is None else sums[name] + s
+            return hook
+
+        handles = [m.register_forward_pre_hook(pre_hook(n)) for _, n, m in mine]
+        try:
+            with torch.no_grad():
+                for h, (args, kwargs), batch in zip(hidden, calls[b], batches):
+                    current["mask"] = batch["attention_mask"]
+                    blocks[b](h, *args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        prune_block(mine, sums)
+        with torch.no_grad():
+            hidden = run_block(b, hidden)  # the pruned block's outputs feed the next one
 
 
 # ---------------------------------------------------------------- depth
@@ -275,6 +356,8 @@ def prune_model(model: str, out, method: str, sparsity: float | None = None, pat
         sp.check_sparsity(sparsity)
     if pattern and method == "depth":
         raise UserError("--pattern applies to --method magnitude or wanda, not depth")
+    if pattern:
+        sp.parse_pattern(pattern)  # a bad pattern fails before the model loads
     out = check_output(out, [model])
     src = load_source(model)
     needs_data = method in ("wanda", "depth")
