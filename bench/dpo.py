@@ -25,6 +25,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(ROOT))  # this checkout's rlhfkit, whatever the venv has installed
 
 import common  # noqa: E402
 from peers import ensure_trl_venv  # noqa: E402

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if len(sys.argv) > 1 and sys.argv[1] == "ours":  # this checkout's rlhfkit, whatever the venv has installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
@@ -71,7 +73,7 @@ def trl(spec: dict) -> dict:
                      learning_rate=spec["learning_rate"], beta=0.1, loss_type=["sigmoid"],
                      max_steps=spec["warmup"] + spec["steps"], bf16=spec["precision"] == "bf16", logging_steps=1,
                      save_strategy="no", report_to=[], seed=spec["seed"], dataloader_num_workers=0, use_cpu=True,
-                     max_grad_norm=1.0, warmup_ratio=0.0, **spec.get("trl_options", {}))
+                     max_grad_norm=1.0, **spec.get("trl_options", {}))
     peft = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft)

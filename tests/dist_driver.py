@@ -1,6 +1,6 @@
 """Runs trainers for the multi-process tests (tests/test_distributed.py): `accelerate launch ... dist_driver.py SPEC.json`.
 
-SPEC: {"jobs": [{"kind": "sft" | "reward" | "ppo" | "grpo" | "rloo", "out": folder, "config": {...},
+SPEC: {"jobs": [{"kind": "sft" | "reward" | "dpo" | "ppo" | "grpo" | "rloo", "out": folder, "config": {...},
 "zero_dropout": bool, "stop_before_step": k, "hard_stop": bool, "expect_error": bool}]}, run in order
 by every process. `stop_before_step` stops the run when step k is about to start (a checkpoint
 holds an earlier step): on every process at once (the next job then runs), or with `hard_stop` by
@@ -177,6 +177,10 @@ def _train(kind: str, config: dict) -> None:
         from rlhfkit.methods.reward import RewardConfig, train_reward_model
 
         train_reward_model(RewardConfig(**config), progress=False)
+    elif kind == "dpo":
+        from rlhfkit.methods.dpo import DPOConfig, train_dpo
+
+        train_dpo(DPOConfig(**config), progress=False)
     else:
         from rlhfkit.methods.grpo import GRPOTrainer
         from rlhfkit.methods.ppo import PPOTrainer

@@ -1,7 +1,7 @@
 """Two processes on the CPU (gloo), started by `accelerate launch` with the shipped DDP config, against one.
 
 - Same global batch, same numbers: SFT and the reward model (a batch of 4 rows / 6 pairs split 2 ways)
-  and PPO, GRPO and RLOO (4 completions per process against 8 in one) give the per-step losses and the
+  DPO (24 pairs, 6 per step) and PPO, GRPO and RLOO (4 completions per process against 8 in one) give the per-step losses and the
   final weights of the 1-process run, within the float tolerances below (the only difference is the
   order in which the gradient all-reduce adds up). Dropout is off and the online runs use fixed
   responses (tests/dist_driver.py): dropout masks and sampling draws are per process and per batch
@@ -90,10 +90,13 @@ def configs(files: dict, world: int) -> dict:
                     lr_schedule="linear"),
         "grpo": dict(online, model="tiny-gpt2", lora=True, num_generations=2, ppo_epochs=2, kl_penalty="loss"),
         "rloo": dict(online, model="tiny-t5", lora=False, num_generations=2, ppo_epochs=1),
+        # 8 rankings of 3 -> 24 pairs, 6 per step; LoRA, the reference the policy with adapters off
+        "dpo": dict(model="tiny-gpt2", data=files["rank"], epochs=2, batch_size=6, learning_rate=1e-3,
+                    warmup_ratio=0.0, log_every=1, lora=True),
     }
 
 
-KINDS = ["sft", "reward", "ppo", "grpo", "rloo"]
+KINDS = ["sft", "reward", "ppo", "grpo", "rloo", "dpo"]
 
 
 def same_batch_jobs(files, root: Path, world: int) -> list[dict]:
@@ -105,6 +108,7 @@ RESUMED = {  # name: (trainer, extra config, fixed responses, forced FSDP2)
     "sft": ("sft", dict(save_every=2), False, False),  # dropout on: the per-process RNG states must come back
     "reward": ("reward", dict(save_every=2, eval_fraction=0.0), True, False),
     "grpo": ("grpo", dict(steps=4, save_every=2), True, False),
+    "dpo": ("dpo", dict(save_every=2), True, False),
     "sft-fsdp2": ("sft", dict(save_every=2), True, True),
     "ppo-fsdp2": ("ppo", dict(save_every=2), True, True),  # 3 steps, the 1-process run's linear schedule
     "ppo": ("ppo", dict(steps=4, save_every=2), False, False),  # real sampling; stopped by killing process 1
@@ -190,7 +194,8 @@ def metric_rows(folder: Path) -> list[dict]:
 LOSS_KEYS = {"sft": ["train/loss"], "reward": ["train/loss", "train/accuracy"],
              "ppo": ["ppo/loss/total", "ppo/loss/policy", "ppo/loss/value", "env/reward_mean", "objective/kl"],
              "grpo": ["ppo/loss/total", "ppo/loss/kl", "env/reward_mean"],
-             "rloo": ["ppo/loss/total", "env/reward_mean"]}
+             "rloo": ["ppo/loss/total", "env/reward_mean"],
+             "dpo": ["train/loss", "train/rewards/margins", "train/rewards/accuracies"]}
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -221,3 +221,30 @@ def test_cli_with_a_yaml_config_and_its_errors(tmp_path, write_jsonl, capsys):
     assert "does not combine" in capsys.readouterr().err
     assert main(["dpo", "--config", str(yaml_path), "--loss-type", "dop"]) == 2
     assert "choose from sigmoid" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_gives_the_same_training_with_a_token_mean_term(tmp_path, write_jsonl):
+    """sigmoid + sft: the sft term is a token mean over the whole batch, so micro-batches must scale by the
+    batch's tokens, not their own; the same run in one piece and in two micro-batches."""
+    fields = dict(model="tiny-gpt2", lora=True, learning_rate=3e-3, epochs=2, batch_size=4,
+                  loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])
+    whole = _train(tmp_path / "a", write_jsonl, PAIRS, **fields)
+    split = _train(tmp_path / "b", write_jsonl, PAIRS, gradient_accumulation_steps=2, **fields)
+    assert split["steps"] == pytest.approx(whole["steps"], rel=1e-5, abs=1e-6)
+    assert whole["epochs"][0]["train/epoch_nll_loss"] == pytest.approx(split["epochs"][0]["train/epoch_nll_loss"],
+                                                                       rel=1e-5)
+
+
+def test_gradient_checkpointing_changes_memory_not_the_maths(tmp_path, write_jsonl):
+    fields = dict(model="tiny-gpt2", lora=True, learning_rate=3e-3, epochs=1, batch_size=2)
+    plain = _train(tmp_path / "a", write_jsonl, PAIRS, **fields)
+    ckpt = _train(tmp_path / "b", write_jsonl, PAIRS, gradient_checkpointing=True, **fields)
+    assert ckpt["steps"] == pytest.approx(plain["steps"], rel=1e-5, abs=1e-6)
+
+
+def test_kto_with_a_precomputed_reference_gives_the_same_training(tmp_path, write_jsonl):
+    fields = dict(model="tiny-gpt2", learning_rate=1e-3, epochs=2, loss_type=["kto"], batch_size=4)
+    live = _train(tmp_path / "a", write_jsonl, PAIRS, **fields)
+    pre = _train(tmp_path / "b", write_jsonl, PAIRS, precompute_ref=True, **fields)
+    assert pre["reference"] == "copy, precomputed"
+    assert pre["steps"] == pytest.approx(live["steps"], rel=1e-5, abs=1e-6)

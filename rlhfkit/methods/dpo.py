@@ -60,6 +60,10 @@ class DPOConfig(OptimFields, LoraFields):
     long_pairs: Literal["truncate", "skip", "error"] = option(
         "truncate", "pairs longer than --max-length (always counted and reported with their rows): truncate, skip "
                     "(leave out) or error")
+    disable_dropout: bool = option(True, "dropout off in policy and reference (TRL's default): the log-ratios "
+                                         "compare the same function, not two noisy draws")
+    gradient_checkpointing: bool = option(False, "recompute layer activations in the backward pass: less memory, "
+                                                 "about a third more compute")
     merge: bool = option(False, "with --lora: save the merged model instead of the adapter")
     limit: int | None = option(None, "use only the first N pairs (kto: examples)")
     log_every: int = option(10, "write a metrics line every N steps")
@@ -441,6 +445,14 @@ def evaluate_task(model, task, n: int, batch_size: int, autocast: bool = False) 
 # ---------------------------------------------------------------- training
 
 
+def _no_dropout(model) -> None:
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
 def _reference(config: DPOConfig, model):
     """The Reference this run compares against (None for reference-free losses): the given model, the
     policy with its adapters off under LoRA (no second copy), else a frozen copy of the policy as it starts."""
@@ -451,7 +463,10 @@ def _reference(config: DPOConfig, model):
     if config.ref_model:
         from rlhfkit.models import load_policy
 
-        return Reference.given(load_policy(config.ref_model, verbose=False).model)
+        given = load_policy(config.ref_model, verbose=False).model
+        if config.disable_dropout:
+            _no_dropout(given)
+        return Reference.given(given)
     return Reference.for_policy(model)
 
 
@@ -471,6 +486,8 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> dict:
     torch.manual_seed(config.seed)
     policy = load_policy(config.model, lora=LoraOptions.of(config))
     model, tokenizer, seq2seq = policy.model, policy.tokenizer, policy.seq2seq
+    if config.disable_dropout:
+        _no_dropout(model)
     what = "examples" if config.unpaired else "pairs"
     encode = encode_unpaired if config.unpaired else encode_pairs
     train_enc = encode(tokenizer, train, seq2seq, config.max_length, config.long_pairs, f"training {what}")
@@ -497,6 +514,10 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> dict:
         print(f"rlhfkit dpo: resuming at step {loop.step} of {loop.total_steps}")
     elif (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
+    if config.gradient_checkpointing:
+        from rlhfkit.models.speed import checkpoint_activations
+
+        checkpoint_activations(loop.unwrapped)  # the loop's model.train() keeps the layers' flag on
     pad_id = tokenizer.pad_token_id
     kind = reference.kind if reference is not None else "none"
     ref = None

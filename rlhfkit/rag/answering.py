@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhfkit.errors import UserError
-from rlhfkit.rag.embedding import Embedder, get_embedder
-from rlhfkit.rag.indexing import check_embedder, display_path
+from rlhfkit.rag.documents import display_path
+from rlhfkit.rag.embedding import Embedder, check_embedder, get_embedder
 from rlhfkit.rag.stores import Hit, VectorStore, open_store, safe_url
 
 # Chosen by trying a few wordings on SmolLM2-135M-Instruct (docs/rag.md): numbered sources headed by their

@@ -184,3 +184,11 @@ def _jsonl_sections(path: Path, text: str) -> list[Section | None]:
         if body.strip():
             sections.append(Section(doc=f"{path}#{ident}", title=title, text=body.strip(), offset=here, line=line_no))
     return sections
+
+
+def display_path(path: str) -> str:
+    """A path relative to the current folder when it is under it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path

@@ -103,3 +103,16 @@ def _load(name: str, device: str):
 def get_embedder(name: str = DEFAULT_EMBEDDER, device: str = "cpu", batch_size: int = 32) -> Embedder:
     """An Embedder; the underlying model is loaded once per process and name."""
     return Embedder(name, device=device, batch_size=batch_size)
+
+
+def check_embedder(meta, embedder: Embedder, url: str, fix: str) -> None:
+    """Refuse an index (`meta`: its stores.Meta) built with another embedding model (another dimension
+    or fingerprint)."""
+    from rlhfkit.rag.stores import safe_url as _safe_url
+
+    if meta.dim == embedder.dim and embedder.matches(meta.fingerprint):
+        return
+    raise UserError(f"the index {_safe_url(url)} was built with embedding model '{meta.embedder}' ({meta.dim}-dim) "
+                    f"and this run embeds with '{embedder.name}' ({embedder.dim}-dim"
+                    f"{', other weights' if meta.dim == embedder.dim else ''}); vectors of two models cannot be "
+                    f"compared: {fix}")

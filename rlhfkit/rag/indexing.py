@@ -17,14 +17,13 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from rlhfkit.errors import UserError
 from rlhfkit.rag.chunking import Chunker, TokenLimit
 from rlhfkit.rag.documents import SkippedFile, content_hash, find_files, parse, read_bytes, under_roots
-from rlhfkit.rag.embedding import DEFAULT_EMBEDDER, Embedder, get_embedder
+from rlhfkit.rag.embedding import DEFAULT_EMBEDDER, Embedder, check_embedder, get_embedder
 from rlhfkit.rag.stores import FileUpdate, Meta, StoredChunk, VectorStore, open_store, safe_url
 
 DEFAULT_CHUNK_TOKENS = 200
@@ -69,16 +68,6 @@ def _warn(message: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(f"rlhfkit rag index: warning: {message}", file=sys.stderr)
-
-
-def check_embedder(meta: Meta, embedder: Embedder, url: str, fix: str) -> None:
-    """Refuse an index built with another embedding model (another dimension or fingerprint)."""
-    if meta.dim == embedder.dim and embedder.matches(meta.fingerprint):
-        return
-    raise UserError(f"the index {safe_url(url)} was built with embedding model '{meta.embedder}' ({meta.dim}-dim) "
-                    f"and this run embeds with '{embedder.name}' ({embedder.dim}-dim"
-                    f"{', other weights' if meta.dim == embedder.dim else ''}); vectors of two models cannot be "
-                    f"compared: {fix}")
 
 
 def policy_limit(model: str, top_k: int, max_new_tokens: int) -> TokenLimit:
@@ -202,11 +191,3 @@ def index_documents(docs: list[str], db: str | VectorStore, embedder: str | Embe
             store.close()
     report.seconds = time.perf_counter() - started
     return report
-
-
-def display_path(path: str) -> str:
-    """A path relative to the current folder when it is under it."""
-    try:
-        return str(Path(path).relative_to(Path.cwd()))
-    except ValueError:
-        return path
