@@ -19,14 +19,21 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="folder for the compressed models and the table")
     parser.add_argument("--distill-rows", type=int, default=128)
     parser.add_argument("--distill-epochs", type=int, default=2)
+    parser.add_argument("--distill-data", help="distillation rows (default: the shipped training prompts, answered "
+                                               "by the teacher)")
     parser.add_argument("--n-prompts", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per sampled completion in the table")
+    parser.add_argument("--schemes", nargs="+", default=["int8-weight", "int8-dynamic", "int4-weight"],
+                        help="quantization schemes to include")
     parser.add_argument("--reuse", action="store_true", help="keep the compressed folders a previous run finished")
     args = parser.parse_args()
     from rlhfkit.cli import _quiet_libraries
 
     _quiet_libraries()
     run_suite(args.teacher, args.out, CompressSuite(distill_rows=args.distill_rows, distill_epochs=args.distill_epochs,
-                                                    n_prompts=args.n_prompts, reuse=args.reuse))
+                                                    distill_data=args.distill_data,
+                                                    n_prompts=args.n_prompts, max_new_tokens=args.max_new_tokens,
+                                                    schemes=args.schemes, reuse=args.reuse))
     return 0
 
 

@@ -29,6 +29,7 @@ class CompressSuite:
     distill: bool = True
     student_fraction: float = 0.5         # student blocks / teacher blocks
     distill_rows: int = 128
+    distill_data: str | None = None       # default: the calibration prompts (the teacher answers them)
     distill_epochs: int = 2
     distill_batch_size: int = 8
     distill_lr: float = 2e-4
@@ -109,7 +110,7 @@ def run_suite(teacher: str, out, suite: CompressSuite | None = None, progress: b
         models[f"layer-dropped-{layers}"] = folder / "baselines" / "layer-dropped"
     elif suite.distill:
         result = train_distill(DistillConfig(
-            teacher=teacher, student_layers=layers, data=calibration, output_dir=str(folder),
+            teacher=teacher, student_layers=layers, data=suite.distill_data or calibration, output_dir=str(folder),
             limit=suite.distill_rows, epochs=suite.distill_epochs, batch_size=suite.distill_batch_size,
             learning_rate=suite.distill_lr, max_new_tokens=suite.distill_max_new_tokens, measure=True,
             seed=suite.seed), progress=progress, teacher_source=src)
