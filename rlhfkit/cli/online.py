@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rlhfkit.config import add_arguments, build_config
 
 
@@ -22,8 +24,10 @@ def run_online(trainer_cls, config, overrides: dict | None = None, name: str = "
     trainer.train(trainer.config.reward, trainer.config.steps)
     last = trainer.history[-1] if trainer.history else {}
     out = trainer.config.output_dir
-    print(f"rlhfkit {name}: {trainer.step_count} steps, reward {last.get('env/reward_mean', float('nan')):.4f}, "
-          f"kl {last.get('objective/kl', float('nan')):.4f}; run folder {out} (model in {out}/model)")
+    kl = last.get("objective/kl", float("nan"))
+    kl_text = f", kl {kl:.4f}" if trainer.reference is not None and math.isfinite(kl) else ""  # no reference: no KL
+    print(f"rlhfkit {name}: {trainer.step_count} steps, reward {last.get('env/reward_mean', float('nan')):.4f}"
+          f"{kl_text}; run folder {out} (model in {out}/model)")
     return 0
 
 
