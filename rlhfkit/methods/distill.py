@@ -247,7 +247,7 @@ def train_distill(config: DistillConfig, progress: bool = True, teacher_source=N
     from rlhfkit.data import write_jsonl
     from rlhfkit.methods.sft import SFTExample, encode_examples
     from rlhfkit.models.generation import GenerationSettings, encode_prompts
-    from rlhfkit.training.supervised import LoopSettings, SupervisedLoop
+    from rlhfkit.training.supervised import LoopSettings, SupervisedLoop, shuffled_plan
 
     check_distill_config(config)
     rows = load_distill_rows(config.data)[: config.limit or None]
@@ -277,18 +277,11 @@ def train_distill(config: DistillConfig, progress: bool = True, teacher_source=N
     queries = encode_prompts(tokenizer, [p for p, _ in rows], max_length=config.max_length // 2)
     undistilled = copy.deepcopy(student) if config.measure and config.student_layers else None
     rng = random.Random(config.seed)
-    plan = []
-    for _ in range(config.epochs):
-        order = list(range(len(encoded)))
-        rng.shuffle(order)
-        plan.append([order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)])
+    plan = shuffled_plan(len(encoded), config.epochs, config.batch_size, rng)
     for p in student.parameters():
         p.requires_grad_(True)
     student.train()
-    settings = LoopSettings(config.learning_rate, config.weight_decay, config.warmup_ratio, config.max_grad_norm,
-                            config.gradient_accumulation_steps, config.mixed_precision, config.log_every, 0,
-                            config.seed)
-    loop = SupervisedLoop(student, settings, plan, out, config)
+    loop = SupervisedLoop(student, LoopSettings.of(config, save_every=0), plan, out, config)
     if (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
     teacher.to(loop.runtime.device)

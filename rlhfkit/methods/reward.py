@@ -237,7 +237,7 @@ class _PairTask:
 def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
     """Train, evaluate every epoch, save; returns {"train": [...per epoch], "eval": [...], "out": folder}."""
     from rlhfkit.config import save_yaml
-    from rlhfkit.training.supervised import LoopSettings, SupervisedLoop, latest_checkpoint
+    from rlhfkit.training.supervised import start_loop
 
     from rlhfkit.training.runtime import everywhere
 
@@ -256,15 +256,7 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
     autocast = config.mixed_precision == "bf16"
     rng = random.Random(config.seed)
     plan = [training_batches(train, config.batch_size, rng, config.group_by_prompt) for _ in range(config.epochs)]
-    settings = LoopSettings(config.learning_rate, config.weight_decay, config.warmup_ratio, config.max_grad_norm,
-                            config.gradient_accumulation_steps, config.mixed_precision, config.log_every,
-                            config.save_every, config.seed)
-    loop = SupervisedLoop(model, settings, plan, out, config)
-    if config.resume and latest_checkpoint(out) is not None:
-        loop.load_state(out)
-        print(f"rlhfkit reward: resuming at step {loop.step} of {loop.total_steps}")
-    elif (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
+    loop = start_loop(model, plan, config, "reward")
     history = {"train": [], "eval": [], "out": str(out)}
     if eval_enc and loop.step == 0:
         before = evaluate_pairs(loop.unwrapped, tokenizer, eval_enc, config.batch_size * 2, config.margin, autocast)

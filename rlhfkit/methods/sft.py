@@ -225,7 +225,7 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
 
     from rlhfkit.config import save_yaml
     from rlhfkit.models import LoraOptions, load_policy
-    from rlhfkit.training.supervised import LoopSettings, SupervisedLoop, latest_checkpoint
+    from rlhfkit.training.supervised import shuffled_plan, start_loop
 
     if not config.data:
         raise UserError("no training data; pass --data FILE with rows {prompt, completion} or {messages}")
@@ -255,23 +255,8 @@ def train_sft(config: SFTConfig, progress: bool = True) -> dict:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(config, out / "config.yaml")
-    plan = []
-    for _ in range(config.epochs):
-        order = list(range(len(train_enc)))
-        rng.shuffle(order)
-        plan.append([order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)])
-    settings = LoopSettings(config.learning_rate, config.weight_decay, config.warmup_ratio, config.max_grad_norm,
-                            config.gradient_accumulation_steps, config.mixed_precision, config.log_every,
-                            config.save_every, config.seed)
-    loop = SupervisedLoop(model, settings, plan, out, config)
-    if config.merge and loop.runtime.sharded:
-        raise UserError("--merge under FSDP/DeepSpeed is not supported; save the adapter and run "
-                        "`rlhfkit export --model DIR --merge --out DIR`")
-    if config.resume and latest_checkpoint(out) is not None:
-        loop.load_state(out)
-        print(f"rlhfkit sft: resuming at step {loop.step} of {loop.total_steps}")
-    elif (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
+    plan = shuffled_plan(len(train_enc), config.epochs, config.batch_size, rng)
+    loop = start_loop(model, plan, config, "sft")
     task = _SFTTask(train_enc, tokenizer.pad_token_id, seq2seq, loop.runtime.device)
     print(f"rlhfkit sft: {len(train_enc)} training rows, {len(eval_enc)} held-out, {loop.total_steps} steps "
           f"({'seq2seq' if seq2seq else 'causal'}, {'LoRA' if config.lora else 'full fine-tuning'})")

@@ -51,6 +51,12 @@ class LoopSettings:
     save_every: int = 0
     seed: int = 0
 
+    @classmethod
+    def of(cls, config, **overrides) -> "LoopSettings":
+        """The loop's settings from a method's config (its shared optimiser fields)."""
+        fields = {name: getattr(config, name) for name in cls.__dataclass_fields__ if hasattr(config, name)}
+        return cls(**(fields | overrides))
+
 
 class SupervisedLoop:
     """Trains `model` on a task over `plan` (epochs -> batches -> example indices); see the module docstring."""
@@ -212,6 +218,32 @@ def _method_name(config) -> str:
     return name[:-len("Config")].lower() if name.endswith("Config") and len(name) > 6 else name.lower()
 
 
+def shuffled_plan(n: int, epochs: int, batch_size: int, rng) -> list[list[list[int]]]:
+    """`epochs` passes over examples 0..n-1, each shuffled by `rng` and cut into batches."""
+    plan = []
+    for _ in range(epochs):
+        order = list(range(n))
+        rng.shuffle(order)
+        plan.append([order[i:i + batch_size] for i in range(0, n, batch_size)])
+    return plan
+
+
+def start_loop(model, plan, config, name: str) -> SupervisedLoop:
+    """The loop for a method's run folder (`config.output_dir`): resumed from its latest checkpoint with
+    `config.resume`, else with a fresh metrics.jsonl; `--merge` refused under a sharded engine."""
+    out = Path(config.output_dir)
+    loop = SupervisedLoop(model, LoopSettings.of(config), plan, out, config)
+    if getattr(config, "merge", False) and loop.runtime.sharded:
+        raise UserError("--merge under FSDP/DeepSpeed is not supported; save the adapter and run "
+                        "`rlhfkit export --model DIR --merge --out DIR`")
+    if getattr(config, "resume", False) and latest_checkpoint(out) is not None:
+        loop.load_state(out)
+        print(f"rlhfkit {name}: resuming at step {loop.step} of {loop.total_steps}")
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    return loop
+
+
 def latest_checkpoint(output_dir) -> Path | None:
     """The newest checkpoint under output_dir/checkpoints, or None."""
     try:
@@ -220,4 +252,5 @@ def latest_checkpoint(output_dir) -> Path | None:
         return None
 
 
-__all__ = ["LoopSettings", "STATE_FILE", "SupervisedLoop", "SupervisedTask", "latest_checkpoint"]
+__all__ = ["LoopSettings", "STATE_FILE", "SupervisedLoop", "SupervisedTask", "latest_checkpoint", "shuffled_plan",
+           "start_loop"]
