@@ -112,6 +112,20 @@ def _run(model, batches, device=None):
                 pass
 
 
+def _square_sum_hook(sums: dict, name: str, current: dict):
+    """A forward pre-hook adding sum_t x_tj^2 over the non-padding tokens (`current["mask"]`) of a
+    layer's input to `sums[name]`: Wanda's input norms, squared."""
+    def hook(module, args):
+        x = args[0].detach().float()
+        mask = current["mask"]
+        if x.dim() == 3 and mask.shape == x.shape[:2]:
+            x = x[mask.bool()]
+        x = x.reshape(-1, x.shape[-1])
+        s = (x * x).sum(0)
+        sums[name] = s if sums[name] is None else sums[name] + s
+    return hook
+
+
 def _input_norms(model, layers, batches) -> dict[str, torch.Tensor]:
     """Sum over non-padding calibration tokens of x_j^2 for each layer's inputs (one forward, stopped
     after the last of these layers has run)."""
@@ -120,15 +134,7 @@ def _input_norms(model, layers, batches) -> dict[str, torch.Tensor]:
     handles = []
 
     def pre_hook(name):
-        def hook(module, args):
-            x = args[0].detach().float()
-            mask = current["mask"]
-            if x.dim() == 3 and mask.shape == x.shape[:2]:
-                x = x[mask.bool()]
-            x = x.reshape(-1, x.shape[-1])
-            s = (x * x).sum(0)
-            sums[name] = s if sums[name] is None else sums[name] + s
-        return hook
+        return _square_sum_hook(sums, name, current)
 
     def stop_hook(module, args, output):
         raise _Stop
@@ -258,15 +264,7 @@ def _wanda_sequential(model, layers, batches, prune_block, bar) -> None:
         current = {}
 
         def pre_hook(name):
-            def hook(module, args):
-                x = args[0].detach().float()
-                mask = current["mask"]
-                if x.dim() == 3 and mask.shape == x.shape[:2]:
-                    x = x[mask.bool()]
-                x = x.reshape(-1, x.shape[-1])
-                s = (x * x).sum(0)
-                sums[name] = s if sums[name] is None else sums[name] + s
-            return hook
+            return _square_sum_hook(sums, name, current)
 
         handles = [m.register_forward_pre_hook(pre_hook(n)) for _, n, m in mine]
         try:
