@@ -3,8 +3,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhfkit import cpu, generation
-from rlhfkit.generation import GenerationSettings, sample
+from rlhfkit import cpu
+from rlhfkit.models import generation
+from rlhfkit.models.generation import GenerationSettings, sample
 
 TOKENIZER = SimpleNamespace(pad_token_id=0, eos_token_id=1)
 
@@ -32,11 +33,11 @@ def test_autocast_kv_cache_stores_bf16_keys_and_samples_the_same_tokens(tiny_lla
         build = generation._autocast_kv_cache
         monkeypatch.setattr(generation, "_autocast_kv_cache", lambda *a: made.append(build(*a)) or made[-1])
         torch.manual_seed(1)
-        ours = sample(model, TOKENIZER, queries, settings, **extra)
+        ours = sample(model, TOKENIZER, queries, settings, use_generate=True, **extra)
 
         monkeypatch.setattr(generation, "_autocast_kv_cache", lambda model, extra, n: extra)
         torch.manual_seed(1)
-        plain = sample(model, TOKENIZER, queries, settings, **extra)
+        plain = sample(model, TOKENIZER, queries, settings, use_generate=True, **extra)
 
     cache = next(v for k, v in made[0].items() if k in ("cache", "past_key_values"))
     assert "cache_implementation" not in made[0] and isinstance(cache, generation._KeysAsValues)
@@ -58,3 +59,85 @@ def test_autocast_kv_cache_leaves_other_setups_alone(tiny_llama):
         assert generation._autocast_kv_cache(llama, offloaded, 10) is offloaded
         static = generation._autocast_kv_cache(llama, {"cache_implementation": "static", "x": 2}, 10)
     assert static["x"] == 2 and "cache_implementation" not in static
+
+
+
+def _prefill_rows(model):
+    """Record the batch size of every forward call whose input is longer than one token (a prefill)."""
+    seen = []
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape[0]) if kwargs["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_decode_loop_reads_each_prompt_once_and_its_log_probs_match_a_full_forward(tiny_llama, lora):
+    """The KV-cached loop (shared prefill, left padding, positions, cache copies, EOS padding) scores
+    every sampled token as a plain forward over the whole prompt + response does."""
+    from rlhfkit.models.forward import response_logprobs
+
+    model = tiny_llama()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    seen = _prefill_rows(model.get_base_model() if lora else model)
+    # left padding of different lengths; a prompt repeated in a row, as the group methods pass them
+    queries = [[5, 9, 17, 33], [5, 9, 17, 33], [40, 41], [7, 8, 9, 10, 11, 12]]
+    settings = GenerationSettings(max_new_tokens=7, temperature=0.8, top_p=0.95)
+    ids, mask = generation.pad(queries, 0, side="left")
+    torch.manual_seed(3)
+    tokens, logprobs = generation._decode(model, ids, mask, settings, 3, eos_id=1, pad_id=0,
+                                          cache_name=generation._decode_loop_inputs(model, {}), with_logprobs=True)
+    assert seen == [3] and tokens.shape[0] == 12  # 3 distinct prompts read once, for 4 x 3 samples
+    responses = [generation.strip_response(row.tolist(), 1, 0) for row in tokens]
+    full = response_logprobs(model, [q for q in queries for _ in range(3)], responses, 0, temperature=0.8)
+    for row, (got, want) in enumerate(zip(logprobs, full)):
+        torch.testing.assert_close(got[:len(want)], want, atol=1e-5, rtol=1e-5, msg=f"row {row}")
+    torch.manual_seed(3)  # sample() is this loop
+    assert sample(model, TOKENIZER, queries, settings, num_return_sequences=3) == responses
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 0.9), (1.3, 50, 0.8), (1.0, 0, 1.0), (0.5, 7, 1.0)])
+def test_nucleus_is_the_distribution_of_transformers_warpers(temperature, top_k, top_p):
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    sharpness = torch.tensor([0.3, 1.0, 3.0, 8.0, 0.05, 5.0])[:, None]  # flat rows need more than the window
+    logits = torch.randn(6, 300) * sharpness
+    settings = GenerationSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+    weights, ids = generation._nucleus(logits, settings, step=5, eos_id=None, window=16)
+    ours = torch.zeros_like(logits).scatter_(1, ids, weights)
+    scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    torch.testing.assert_close(ours / ours.sum(-1, keepdim=True), scores.softmax(-1), atol=1e-6, rtol=1e-5)
+
+
+def test_nucleus_keeps_eos_out_until_min_new_tokens():
+    logits = torch.zeros(2, 10)
+    logits[:, 3] = 5.0  # EOS is the likeliest token
+    settings = GenerationSettings(temperature=1.0, top_p=0.9, min_new_tokens=2)
+    weights, ids = generation._nucleus(logits, settings, step=1, eos_id=3)
+    assert float(weights[ids == 3].sum()) == 0.0
+    weights, ids = generation._nucleus(logits, settings, step=2, eos_id=3)
+    assert float(weights[ids == 3].min()) > 0.5
+
+
+def test_generate_samples_where_the_loop_cannot(tiny_llama):
+    """A static cache (transformers' own), extra generate() keywords, a configured repetition
+    penalty or a seq2seq model: transformers' generate() samples, reading every row's prompt."""
+    model = tiny_llama()
+    seen = _prefill_rows(model)
+    queries = [[5, 9, 17, 33], [40, 41]]
+    settings = GenerationSettings(max_new_tokens=4, min_new_tokens=4)
+    static = {"cache_implementation": "static", "disable_compile": True}
+    out = sample(model, TOKENIZER, queries, settings, num_return_sequences=2, **static)
+    assert seen == [4] and all(len(r) == 4 for r in out)
+    assert generation._decode_loop_inputs(model, {}) is not None
+    assert generation._decode_loop_inputs(model, {"output_scores": True}) is None
+    model.generation_config.repetition_penalty = 1.2
+    assert generation._decode_loop_inputs(model, {}) is None

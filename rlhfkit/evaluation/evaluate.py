@@ -82,6 +82,7 @@ class _Generations:
     responses: list    # per response (prompt-major, k per prompt): token ids
     texts: list        # per response
     seconds: float
+    logprobs: list | None = None  # per response: its tokens' log-probs at the temperature, when the sampler gave them
 
 
 def _generate(entry: _Entry, prompts, k: int, settings, batch_size: int, seed: int, max_prompt_tokens, progress) -> _Generations:
@@ -96,6 +97,7 @@ def _generate(entry: _Entry, prompts, k: int, settings, batch_size: int, seed: i
     queries = encode_prompts(tok, prompts, max_length=max_prompt_tokens)
     per_batch = max(1, batch_size // k)
     responses: list = []
+    logprobs: list | None = []
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -104,16 +106,18 @@ def _generate(entry: _Entry, prompts, k: int, settings, batch_size: int, seed: i
                                    disable=not progress) as bar:
             for i in range(0, len(queries), per_batch):
                 chunk = queries[i:i + per_batch]
-                responses += sample(model, tok, chunk, settings, num_return_sequences=k)
+                got, lps = sample(model, tok, chunk, settings, num_return_sequences=k, with_logprobs=True)
+                responses += got
+                logprobs = None if lps is None or logprobs is None else logprobs + lps
                 bar.update(len(chunk))
     finally:
         model.train(was_training)
     texts = [t.strip() for t in tok.batch_decode(responses, skip_special_tokens=True)]
-    return _Generations(queries, responses, texts, time.perf_counter() - start)
+    return _Generations(queries, responses, texts, time.perf_counter() - start, logprobs)
 
 
 def _kl_to_baseline(entry: _Entry, base: _Entry, gen: _Generations, prompts, k, temperature, batch_size,
-                    max_prompt_tokens, stats_kw) -> dict:
+                    max_prompt_tokens, stats_kw, progress: bool = True) -> dict:
     """KL(model || baseline) on the model's responses; {'skipped': reason} when tokenizers differ."""
     from rlhfkit.models.forward import response_logprobs
     from rlhfkit.models.generation import encode_prompts
@@ -123,12 +127,23 @@ def _kl_to_baseline(entry: _Entry, base: _Entry, gen: _Generations, prompts, k, 
         or encode_prompts(base.tokenizer, prompts, max_length=max_prompt_tokens) != gen.queries
     ):
         return {"skipped": "the baseline tokenizes differently, so per-token log-probs are not comparable"}
+    from tqdm.auto import tqdm
+
     queries = [q for q in gen.queries for _ in range(k)]
     pad_id = entry.tokenizer.pad_token_id
     logps = []
-    for e in (entry, base):
-        with e.context():
-            logps.append(response_logprobs(e.model, queries, gen.responses, pad_id, temperature, batch_size))
+    # the model's own log-probs come from its sampler where it gave them (the same numbers: tests/test_generation.py)
+    for e in ((base,) if gen.logprobs is not None else (entry, base)):
+        chunk, scored = 8 * batch_size, []
+        with e.context(), tqdm(total=len(queries), desc=f"KL: scoring {entry.name}'s replies under {e.name}",
+                               unit="reply", disable=not progress) as bar:
+            for i in range(0, len(queries), chunk):
+                scored += response_logprobs(e.model, queries[i:i + chunk], gen.responses[i:i + chunk], pad_id,
+                                            temperature, batch_size)
+                bar.update(len(queries[i:i + chunk]))
+        logps.append(scored)
+    if gen.logprobs is not None:
+        logps.insert(0, gen.logprobs)
     per = np.array([float((a.double() - b.double()).sum()) for a, b in zip(*logps)]).reshape(len(prompts), k)
     tokens = [len(x) for x in logps[0]]
     return {**kl_statistics(per, tokens, **stats_kw), "per_response": per.ravel().tolist()}
@@ -222,7 +237,8 @@ def evaluate(models: dict, prompts, scorers, n_samples_per_prompt: int = 1, sett
         for name, e in entries.items():
             if name != baseline_name:
                 result["kl"][name] = _kl_to_baseline(e, entries[baseline_name], gens[name], prompts, k,
-                                                     settings.temperature, batch_size, max_prompt_tokens, stats_kw)
+                                                     settings.temperature, batch_size, max_prompt_tokens, stats_kw,
+                                                     progress)
     result["kl_note"] = ("KL(model || baseline) in nats: mean over the model's own responses of the summed per-token "
                          f"log-ratio, at temperature {settings.temperature}"
                          + ("" if settings.top_k == 0 and settings.top_p >= 1 else

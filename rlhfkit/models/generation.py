@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -175,14 +176,124 @@ def _is_seq2seq(model) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
+# generation_config fields that add logits processors this module's decode loop does not apply
+_PROCESSOR_FIELDS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
+                     "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+                     "forced_bos_token_id": None, "forced_eos_token_id": None, "sequence_bias": None,
+                     "exponential_decay_length_penalty": None, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+                     "typical_p": 1.0, "min_p": None, "renormalize_logits": False}
+
+
+def _decode_loop_inputs(model, extra: dict) -> str | None:
+    """The name of the cache keyword when `_decode` can sample for this causal model, else None
+    (then `generate()` does): transformers' default dynamic cache, no extra `generate()` keywords,
+    no logits processor configured in the model's generation_config."""
+    base = unwrap_peft(model)
+    params = inspect.signature(base.forward).parameters
+    name = next((k for k in ("cache", "past_key_values") if k in params), None)
+    config = getattr(base, "generation_config", None)
+    if name is None or "position_ids" not in params or extra or getattr(config, "cache_implementation", None):
+        return None
+    if any(getattr(config, k, None) not in (default, None, []) for k, default in _PROCESSOR_FIELDS.items()):
+        return None
+    return name
+
+
+def _nucleus(logits: torch.Tensor, settings: GenerationSettings, step: int, eos_id: int | None,
+             window: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampling distribution of next-token logits [B, V] as (weights [B, W], token ids [B, W]):
+    temperature, then top-k, then top-p, then min_new_tokens, as transformers' warpers apply them.
+
+    `generate()` sorts the whole vocabulary for top-p and draws from all of it:
+    for SmolLM2's 49k tokens at batch 64 that is ~200 ms a token on 2 cores, as
+    much as the model's forward. Here the nucleus is found among the `window`
+    most likely tokens (rows whose window holds less than top_p of the mass sort
+    the whole vocabulary instead) and the draw is made inside it: the same
+    distribution (tested against TopPLogitsWarper), a fraction of the work.
+    """
+    scores = logits.float() / settings.temperature
+    if step < settings.min_new_tokens and eos_id is not None:
+        scores[:, eos_id] = -math.inf
+    vocab = scores.shape[-1]
+    if settings.top_k and settings.top_k < vocab:
+        scores = scores.masked_fill(scores < scores.topk(settings.top_k, dim=-1).values[:, -1:], -math.inf)
+    probs = scores.softmax(-1)
+    if settings.top_p >= 1.0:
+        return probs, torch.arange(vocab, device=probs.device).expand_as(probs)
+    top, idx = probs.topk(min(window, vocab), dim=-1)  # sorted, most likely first
+    short = top.sum(-1) < settings.top_p
+    if short.any():  # the nucleus is wider than the window: sort the whole vocabulary
+        top, idx = probs.sort(dim=-1, descending=True)
+    # a token stays while the mass before it is below top_p (the first always): TopPLogitsWarper's rule
+    return top.masked_fill(top.cumsum(-1) - top >= settings.top_p, 0.0), idx
+
+
+def _decode(model, ids, mask, settings: GenerationSettings, n: int, eos_id: int | None, pad_id: int,
+            cache_name: str, with_logprobs: bool = False):
+    """Sampled responses [B*n, <=max_new_tokens] of a left-padded causal batch, KV-cached.
+
+    Each distinct prompt is read once and its cache copied to all its samples:
+    `generate()` repeats a prompt `num_return_sequences` times before reading it,
+    and the group methods pass each prompt `num_generations` times in a row, so
+    prompt tokens (most of a short reply's compute) were read up to n times over.
+    Rows after their EOS continue as padding; the loop ends when every row is done.
+    With `with_logprobs`, also the log-prob [B*n, T] of each sampled token under
+    the model at the temperature (padding positions hold garbage: cut at EOS).
+    """
+    from transformers import DynamicCache
+
+    base = unwrap_peft(model)
+    rows = [tuple(r) for r in torch.cat([ids, mask], dim=1).tolist()]
+    distinct = list(dict.fromkeys(rows))
+    keep = torch.tensor([rows.index(row) for row in distinct], device=ids.device)  # each one's first row
+    which = {row: j for j, row in enumerate(distinct)}
+    expand = torch.tensor([which[row] for row in rows], device=ids.device).repeat_interleave(n)
+    head_mask = mask[keep]
+    positions = (head_mask.cumsum(-1) - 1).masked_fill(head_mask == 0, 0)  # as generate() numbers left-padded rows
+    autocast = torch.is_autocast_enabled(ids.device.type)
+    cache_class = _keys_as_values_caches()[0] if autocast else DynamicCache  # bf16 keys, as `_autocast_kv_cache`
+    cache = cache_class(config=base.config.get_text_config(decoder=True))
+    params = inspect.signature(base.forward).parameters
+    keep_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # no LM head over the prompts
+    logits = model(input_ids=ids[keep], attention_mask=head_mask, position_ids=positions, use_cache=True,
+                   **keep_logits, **{cache_name: cache}).logits[:, -1]
+    cache.batch_select_indices(expand)
+    logits, mask = logits[expand], mask[keep][expand]
+    position = mask.sum(-1, keepdim=True)  # the next token's position in each row
+    done = torch.zeros(len(expand), dtype=torch.bool, device=ids.device)
+    out = []
+    logprobs = []
+    for step in range(settings.max_new_tokens):
+        weights, ids_ = _nucleus(logits, settings, step, eos_id)
+        token = ids_.gather(1, torch.multinomial(weights, 1)).squeeze(1).masked_fill(done, pad_id)
+        out.append(token)
+        if with_logprobs:  # of the model at the temperature, before top-k/top-p: what response_logprobs gives
+            logprobs.append((logits.float() / settings.temperature).log_softmax(-1).gather(1, token[:, None])[:, 0])
+        if eos_id is not None:
+            done |= token == eos_id
+        if bool(done.all()) or step + 1 == settings.max_new_tokens:
+            break
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, use_cache=True,
+                       **keep_logits, **{cache_name: cache}).logits[:, -1]
+        position = position + 1
+    tokens = torch.stack(out, dim=1) if out else ids.new_zeros(len(expand), 0)
+    return (tokens, torch.stack(logprobs, dim=1) if logprobs else None) if with_logprobs else tokens
+
+
 @torch.no_grad()  # not inference_mode: under it autocast re-casts float32 weights on every call, every token
 def sample(model, tokenizer, queries: list[list[int]], settings: GenerationSettings, num_return_sequences: int = 1,
-           **extra) -> list[list[int]]:
+           use_generate: bool = False, with_logprobs: bool = False, **extra):
     """Sample responses for a batch of query token ids; returns response ids per sequence.
 
     Causal prompts are padded on the left so every continuation starts at the
     same position. With `num_return_sequences=n` the responses of query i are
-    rows i*n .. i*n+n-1.
+    rows i*n .. i*n+n-1. Causal models with transformers' default cache sample
+    in `_decode` (each distinct prompt read once, the nucleus drawn from the
+    likeliest tokens); others, or `use_generate=True`, in `generate()`.
+    `with_logprobs=True` returns (responses, log-probs): each response's
+    per-token log-probs at the temperature, from `_decode`, or None where
+    `generate()` sampled (compute them with `forward.response_logprobs`).
     """
     device = next(model.parameters()).device
     seq2seq = _is_seq2seq(model)
@@ -190,12 +301,24 @@ def sample(model, tokenizer, queries: list[list[int]], settings: GenerationSetti
     kwargs = settings.kwargs()
     kwargs.update(_autocast_kv_cache(model, extra, ids.shape[1] + settings.max_new_tokens))
     eos_id = tokenizer.eos_token_id
+    cache_name = None if use_generate or seq2seq else _decode_loop_inputs(model, extra)
+    if cache_name is not None:
+        new = _decode(model, ids, mask, settings, num_return_sequences, eos_id, tokenizer.pad_token_id, cache_name,
+                      with_logprobs=with_logprobs)
+        new, logprobs = new if with_logprobs else (new, None)
+        responses = [strip_response(row.tolist(), eos_id, tokenizer.pad_token_id) for row in new]
+        if not with_logprobs:
+            return responses
+        if logprobs is None:  # nothing sampled (max_new_tokens 0)
+            return responses, [torch.zeros(0) for _ in responses]
+        return responses, [lp[:len(r)].float().cpu() for lp, r in zip(logprobs, responses)]
     out = model.generate(
         input_ids=ids, attention_mask=mask, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_id,
         num_return_sequences=num_return_sequences, **kwargs,
     )
     new = out[:, 1:] if seq2seq else out[:, ids.shape[1]:]  # seq2seq output starts with the decoder start token
-    return [strip_response(row.tolist(), eos_id, tokenizer.pad_token_id) for row in new]
+    responses = [strip_response(row.tolist(), eos_id, tokenizer.pad_token_id) for row in new]
+    return (responses, None) if with_logprobs else responses
 
 
 def clean_completion(text: str) -> str:
