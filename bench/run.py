@@ -427,10 +427,11 @@ def estimate_seconds(args) -> float:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["--cases", "dpo"]:  # the DPO bench is a script of its own (bench/dpo.py), the same flags
-        import dpo
+    scripts = {"dpo": "dpo", "grpo": "grpo", "sampling": "sampling"}  # benches with a script of their own
+    if argv[:1] == ["--cases"] and len(argv) > 1 and argv[1] in scripts:  # bench/<name>.py, with its own flags
+        import importlib
 
-        dpo.main(argv[2:])
+        importlib.import_module(scripts[argv[1]]).main(argv[2:])
         return 0
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

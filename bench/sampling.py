@@ -41,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--prompts", type=int, default=16, help="distinct prompts per batch")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt (rows = prompts x samples)")
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9, help="1 = off (the online methods' rollouts)")
     p.add_argument("--repeats", type=int, default=3, help="timed batches per path (after one warm-up each)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=BENCH / "results")
@@ -61,7 +63,7 @@ def main(argv=None):
     prompts = load_prompts(ROOT / "rlhfkit" / "assets" / "prompts_train.jsonl")[: args.prompts]
     queries = encode_prompts(tok, prompts)
     # suppress EOS so every row decodes exactly --new-tokens: both paths do the same work
-    settings = GenerationSettings(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.9,
+    settings = GenerationSettings(max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p,
                                   min_new_tokens=args.new_tokens)
     peak = common.matmul_peak("float32")
     dims = common.count_dims(model)
@@ -94,7 +96,7 @@ def main(argv=None):
     lines += ["| " + " | ".join(fmt(r.get(h)) for h in head) + " |" for r in table]
     md = (f"# Sampling bench {stamp}\n\n{platform.processor() or platform.machine()}, {args.threads} threads, fp32 "
           f"matmul peak {peak['gflops']} GFLOP/s; {args.model}, {args.prompts} prompts x {args.samples} samples "
-          f"= {rows} rows, prompts left-padded to {width} tokens, {args.new_tokens} new tokens each, T 0.7 top-p 0.9, "
+          f"= {rows} rows, prompts left-padded to {width} tokens, {args.new_tokens} new tokens each, T {args.temperature} top-p {args.top_p}, "
           f"median of {args.repeats}\n\n" + "\n".join(lines) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"sampling-{stamp}.md").write_text(md)

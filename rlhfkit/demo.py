@@ -61,6 +61,10 @@ class DemoConfig:
     eval_samples: int | None = option(None, "completions per held-out prompt and model (preset)")
     eval_temperature: float = option(0.7, "sampling temperature of the evaluation, before and after alike")
     eval_top_p: float = option(0.9, "nucleus sampling of the evaluation, before and after alike")
+    label_temperature: float = option(0.7, "sampling temperature of the completions people (or the labeler) rank")
+    label_top_p: float = option(0.9, "nucleus sampling of the completions to rank")
+    rollout_temperature: float = option(0.7, "sampling temperature of the online methods' rollouts; their log-probs "
+                                             "and KL use the same (no top-p there: it would bias the log-probs)")
     dpo_epochs: int | None = option(None, "DPO epochs over the rankings' pairs (preset)")
     dpo_lr: float | None = option(None, "DPO learning rate (LoRA; preset)")
     dpo_beta: float | None = option(None, "DPO beta (preset)")
@@ -73,8 +77,8 @@ class DemoConfig:
 
 PRESETS = {
     "default": dict(
-        policy="smollm2-135m", reward_backbone="minilm-l6", n_label_prompts=160, k=4, max_new_tokens=32,
-        reward_epochs=3, reward_lr=1e-4, ppo_steps=20, ppo_batch_size=16, ppo_lr=1e-4, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=200,
+        policy="smollm2-135m", reward_backbone="minilm-l6", n_label_prompts=320, k=4, max_new_tokens=32,
+        reward_epochs=3, reward_lr=1e-4, ppo_steps=20, ppo_batch_size=16, ppo_lr=1e-4, ppo_epochs=1, init_kl_coef=0.05, n_eval_prompts=200,
         eval_samples=4, mixed_precision="no", dpo_epochs=2, dpo_lr=5e-5, dpo_beta=0.1,
     ),
     "quick": dict(
@@ -166,7 +170,8 @@ def run_demo(config: DemoConfig) -> dict:
         rankings = _use_feedback(stages, config)
     else:
         label_prompts = train_prompts[: config.n_label_prompts]
-        stages.run("generate", {**common, "k": config.k, "prompts": label_prompts}, (),
+        stages.run("generate", {**common, "k": config.k, "prompts": label_prompts, "temperature": config.label_temperature,
+                                "top_p": config.label_top_p}, (),
                    lambda f: _generate(f, config, label_prompts))
         stages.run("label", {"labeler": config.labeler, "tie_threshold": config.tie_threshold}, ("generate",), lambda f: _label(f, stages, config))
         rankings = stages.folder("label") / "rankings.jsonl"
@@ -182,6 +187,7 @@ def run_demo(config: DemoConfig) -> dict:
             trained.append(method)
             continue
         settings = {**common, "method": method, "reward": reward, "num_generations": config.num_generations,
+                    "temperature": config.rollout_temperature,
                     **{k: getattr(config, k) for k in ("ppo_steps", "ppo_batch_size", "ppo_lr", "ppo_epochs",
                                                        "init_kl_coef", "mixed_precision")}}
         # PPO and the group methods see every training prompt, labelled or not
@@ -242,7 +248,8 @@ def _generate(folder: Path, config: DemoConfig, prompts) -> None:
     policy = load_policy(config.policy)
     completions = generate_completions(
         policy.model, policy.tokenizer, prompts, n=config.k, batch_size=64, seed=config.seed,
-        settings=GenerationSettings(max_new_tokens=config.max_new_tokens),
+        settings=GenerationSettings(max_new_tokens=config.max_new_tokens, temperature=config.label_temperature,
+                                    top_p=config.label_top_p),
     )
     write_jsonl(folder / "completions.jsonl",
                 [{**prompt_to_json(p), "completions": c, "model": config.policy} for p, c in zip(prompts, completions)])
@@ -286,6 +293,7 @@ def _online(folder: Path, config: DemoConfig, prompts, method: str, reward: str)
         method, (PPOTrainer, PPOConfig))
     fields = dict(model=config.policy, lora=True, output_dir=str(folder), steps=config.ppo_steps,
                   batch_size=config.ppo_batch_size, learning_rate=config.ppo_lr, max_new_tokens=config.max_new_tokens,
+                  temperature=config.rollout_temperature,
                   mixed_precision=config.mixed_precision, seed=config.seed, save_every=10, normalize_scores=True,
                   report_to="tensorboard")
     if trainer_cls is PPOTrainer:
