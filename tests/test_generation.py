@@ -89,7 +89,7 @@ def test_decode_loop_reads_each_prompt_once_and_its_log_probs_match_a_full_forwa
     ids, mask = generation.pad(queries, 0, side="left")
     torch.manual_seed(3)
     tokens, logprobs = generation._decode(model, ids, mask, settings, 3, eos_id=1, pad_id=0,
-                                          cache_name=generation._decode_loop_inputs(model, {}), with_logprobs=True)
+                                          cache_name=generation.decode_cache_name(model, {}), with_logprobs=True)
     assert seen == [3] and tokens.shape[0] == 12  # 3 distinct prompts read once, for 4 x 3 samples
     responses = [generation.strip_response(row.tolist(), 1, 0) for row in tokens]
     full = response_logprobs(model, [q for q in queries for _ in range(3)], responses, 0, temperature=0.8)
@@ -137,7 +137,29 @@ def test_generate_samples_where_the_loop_cannot(tiny_llama):
     static = {"cache_implementation": "static", "disable_compile": True}
     out = sample(model, TOKENIZER, queries, settings, num_return_sequences=2, **static)
     assert seen == [4] and all(len(r) == 4 for r in out)
-    assert generation._decode_loop_inputs(model, {}) is not None
-    assert generation._decode_loop_inputs(model, {"output_scores": True}) is None
+    assert generation.decode_cache_name(model, {}) is not None
+    assert generation.decode_cache_name(model, {"output_scores": True}) is None
     model.generation_config.repetition_penalty = 1.2
-    assert generation._decode_loop_inputs(model, {}) is None
+    assert generation.decode_cache_name(model, {}) is None
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prompt_scoring_equals_the_plain_forward(tiny_llama, lora):
+    """response_logprobs reads a repeated query once (evaluation's k samples per prompt): the same
+    log-probs as the plain padded pass, empty and one-token responses included."""
+    from rlhfkit.models import forward
+
+    model = tiny_llama()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    queries = [[5, 9, 17, 33]] * 3 + [[40, 41]] * 3 + [[7, 8, 9, 10, 11, 12]]
+    responses = [[3, 4, 5, 1], [6], [], [7, 8, 9, 10, 11], [12, 13], [14, 1], [15, 16, 17]]
+    seen = _prefill_rows(model.get_base_model() if lora else model)
+    shared = forward.response_logprobs(model, queries, responses, 0, temperature=0.7, batch_size=4)
+    assert seen[:2] == [2, 4]  # a batch of 4 rows: its 2 distinct queries read once, then the 4 responses
+    plain = [forward.response_logprobs(model, [q], [r], 0, temperature=0.7)[0] for q, r in zip(queries, responses)]
+    for got, want in zip(shared, plain):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert [len(x) for x in shared] == [len(r) for r in responses]

@@ -93,7 +93,7 @@ def _generate(entry: _Entry, prompts, k: int, settings, batch_size: int, seed: i
     from rlhfkit.models.generation import encode_prompts, sample
 
     start = time.perf_counter()
-    model, tok = entry.model, entry.tokenizer
+    model, tok = _sampler(entry), entry.tokenizer
     queries = encode_prompts(tok, prompts, max_length=max_prompt_tokens)
     per_batch = max(1, batch_size // k)
     responses: list = []
@@ -114,6 +114,18 @@ def _generate(entry: _Entry, prompts, k: int, settings, batch_size: int, seed: i
         model.train(was_training)
     texts = [t.strip() for t in tok.batch_decode(responses, skip_special_tokens=True)]
     return _Generations(queries, responses, texts, time.perf_counter() - start, logprobs)
+
+
+def _sampler(entry: _Entry):
+    """The network that samples for an entry: a LoRA model with its adapters on samples from a
+    merged copy (peft's `merge_and_unload` on a deep copy: the adapters' extra matmuls cost ~15% of
+    sampling time); everything else, and a model whose adapters are off, samples as it is."""
+    model = entry.model
+    if entry.context is not contextlib.nullcontext or not hasattr(model, "merge_and_unload"):
+        return model
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()
 
 
 def _kl_to_baseline(entry: _Entry, base: _Entry, gen: _Generations, prompts, k, temperature, batch_size,

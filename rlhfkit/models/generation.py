@@ -184,7 +184,7 @@ _PROCESSOR_FIELDS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "enco
                      "typical_p": 1.0, "min_p": None, "renormalize_logits": False}
 
 
-def _decode_loop_inputs(model, extra: dict) -> str | None:
+def decode_cache_name(model, extra: dict) -> str | None:
     """The name of the cache keyword when `_decode` can sample for this causal model, else None
     (then `generate()` does): transformers' default dynamic cache, no extra `generate()` keywords,
     no logits processor configured in the model's generation_config."""
@@ -228,17 +228,12 @@ def _nucleus(logits: torch.Tensor, settings: GenerationSettings, step: int, eos_
     return top.masked_fill(top.cumsum(-1) - top >= settings.top_p, 0.0), idx
 
 
-def _decode(model, ids, mask, settings: GenerationSettings, n: int, eos_id: int | None, pad_id: int,
-            cache_name: str, with_logprobs: bool = False):
-    """Sampled responses [B*n, <=max_new_tokens] of a left-padded causal batch, KV-cached.
+def prefill_once(model, ids, mask, n: int, cache_name: str):
+    """Read each distinct row of a left-padded causal batch once, for `n` samples per row.
 
-    Each distinct prompt is read once and its cache copied to all its samples:
-    `generate()` repeats a prompt `num_return_sequences` times before reading it,
-    and the group methods pass each prompt `num_generations` times in a row, so
-    prompt tokens (most of a short reply's compute) were read up to n times over.
-    Rows after their EOS continue as padding; the loop ends when every row is done.
-    With `with_logprobs`, also the log-prob [B*n, T] of each sampled token under
-    the model at the temperature (padding positions hold garbage: cut at EOS).
+    Returns the logits of each row's last position (they predict its first
+    response token) [B*n, V], the KV cache with one row per sample, and the
+    attention mask [B*n, T], rows in the order of `ids` repeated `n` times each.
     """
     from transformers import DynamicCache
 
@@ -253,14 +248,30 @@ def _decode(model, ids, mask, settings: GenerationSettings, n: int, eos_id: int 
     autocast = torch.is_autocast_enabled(ids.device.type)
     cache_class = _keys_as_values_caches()[0] if autocast else DynamicCache  # bf16 keys, as `_autocast_kv_cache`
     cache = cache_class(config=base.config.get_text_config(decoder=True))
-    params = inspect.signature(base.forward).parameters
-    keep_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # no LM head over the prompts
+    keep_logits = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
     logits = model(input_ids=ids[keep], attention_mask=head_mask, position_ids=positions, use_cache=True,
                    **keep_logits, **{cache_name: cache}).logits[:, -1]
     cache.batch_select_indices(expand)
-    logits, mask = logits[expand], mask[keep][expand]
+    return logits[expand], cache, head_mask[expand]
+
+
+def _decode(model, ids, mask, settings: GenerationSettings, n: int, eos_id: int | None, pad_id: int,
+            cache_name: str, with_logprobs: bool = False):
+    """Sampled responses [B*n, <=max_new_tokens] of a left-padded causal batch, KV-cached.
+
+    Each distinct prompt is read once and its cache copied to all its samples:
+    `generate()` repeats a prompt `num_return_sequences` times before reading it,
+    and the group methods pass each prompt `num_generations` times in a row, so
+    prompt tokens (most of a short reply's compute) were read up to n times over.
+    Rows after their EOS continue as padding; the loop ends when every row is done.
+    With `with_logprobs`, also the log-prob [B*n, T] of each sampled token under
+    the model at the temperature (padding positions hold garbage: cut at EOS).
+    """
+    logits, cache, mask = prefill_once(model, ids, mask, n, cache_name)
+    params = inspect.signature(unwrap_peft(model).forward).parameters
+    keep_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     position = mask.sum(-1, keepdim=True)  # the next token's position in each row
-    done = torch.zeros(len(expand), dtype=torch.bool, device=ids.device)
+    done = torch.zeros(len(mask), dtype=torch.bool, device=ids.device)
     out = []
     logprobs = []
     for step in range(settings.max_new_tokens):
@@ -277,7 +288,7 @@ def _decode(model, ids, mask, settings: GenerationSettings, n: int, eos_id: int 
         logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, use_cache=True,
                        **keep_logits, **{cache_name: cache}).logits[:, -1]
         position = position + 1
-    tokens = torch.stack(out, dim=1) if out else ids.new_zeros(len(expand), 0)
+    tokens = torch.stack(out, dim=1) if out else ids.new_zeros(len(mask), 0)
     return (tokens, torch.stack(logprobs, dim=1) if logprobs else None) if with_logprobs else tokens
 
 
@@ -301,7 +312,7 @@ def sample(model, tokenizer, queries: list[list[int]], settings: GenerationSetti
     kwargs = settings.kwargs()
     kwargs.update(_autocast_kv_cache(model, extra, ids.shape[1] + settings.max_new_tokens))
     eos_id = tokenizer.eos_token_id
-    cache_name = None if use_generate or seq2seq else _decode_loop_inputs(model, extra)
+    cache_name = None if use_generate or seq2seq else decode_cache_name(model, extra)
     if cache_name is not None:
         new = _decode(model, ids, mask, settings, num_return_sequences, eos_id, tokenizer.pad_token_id, cache_name,
                       with_logprobs=with_logprobs)
