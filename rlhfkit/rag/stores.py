@@ -279,7 +279,15 @@ class SqliteVecStore(VectorStore):
             "SELECT c.path, c.doc, c.position, c.title, c.text, c.line_start, c.line_end, v.distance "
             "FROM (SELECT rowid, distance FROM rag_vectors WHERE embedding MATCH ? AND k = ?) AS v "
             "JOIN rag_chunks AS c ON c.id = v.rowid ORDER BY v.distance", (_blob(vector), int(k))).fetchall()
-        return [Hit(StoredChunk(*r[:7]), 1.0 - float(r[7])) for r in rows]
+        return _hits(rows)
+
+
+def _hits(rows) -> list[Hit]:
+    """Search rows (path, doc, position, title, text, line_start, line_end, distance) as hits, nearest
+    first; equal distances in file order (the databases return ties in any order, sorting by a second
+    key in SQL would keep pgvector's HNSW index from serving the query)."""
+    rows = sorted(rows, key=lambda r: (float(r[7]), r[0], r[2]))
+    return [Hit(StoredChunk(*r[:7]), 1.0 - float(r[7])) for r in rows]
 
 
 # ---------------------------------------------------------------- PostgreSQL + pgvector
@@ -382,7 +390,7 @@ class PgVectorStore(VectorStore):
             rows = cur.execute(
                 "SELECT path, doc, position, title, text, line_start, line_end, embedding <=> %s AS distance "
                 "FROM rag_chunks ORDER BY embedding <=> %s LIMIT %s", (q, q, int(k))).fetchall()
-        return [Hit(StoredChunk(*r[:7]), 1.0 - float(r[7])) for r in rows]
+        return _hits(rows)
 
 
 __all__ = ["FileState", "FileUpdate", "Hit", "Meta", "PgVectorStore", "SqliteVecStore", "StoredChunk", "VectorStore",
