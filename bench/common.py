@@ -316,6 +316,13 @@ def emit(result: dict) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
+def markdown_table(head: list[str], rows: list[dict], digits: int = 2) -> str:
+    """Rows (dicts) as a markdown table with the columns `head`; floats to `digits` places, None blank."""
+    fmt = lambda v: "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(r.get(h)) for h in head) + " |" for r in rows])
+
+
 def median(xs: list[float]) -> float | None:
     xs = sorted(xs)
     if not xs:

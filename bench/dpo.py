@@ -91,14 +91,12 @@ def main(argv=None) -> None:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
     head = ["side", "samples/s", "x trl", "s/step", "peak RSS GB", "mem / trl", "tokens/seq", "first loss"]
-    fmt = lambda v: "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    table += ["| " + " | ".join(fmt(r.get(h)) for h in head) + " |" for r in rows]
+    table = common.markdown_table(head, rows, digits=3)
     md = (f"# DPO bench {stamp}\n\n{platform.processor() or platform.machine()}, {args.threads} threads; "
           f"SmolLM2-135M LoRA r16 {args.precision}, {args.batch_size} pairs per step, sigmoid loss, beta 0.1, "
           f"reference = adapters off; {args.steps} timed + {args.warmup} warm-up steps; ours "
           f"{args.ours_options or 'default'}, TRL gradient checkpointing "
-          f"{results.get('trl', {}).get('gradient_checkpointing')}\n\n" + "\n".join(table) + "\n")
+          f"{results.get('trl', {}).get('gradient_checkpointing')}\n\n" + table + "\n")
     (args.out / f"dpo-{stamp}.md").write_text(md)
     (args.out / f"dpo-{stamp}.json").write_text(json.dumps({"spec": {k: v for k, v in spec.items() if k != "pairs"},
                                                             "results": results, "rows": rows}, indent=1))

@@ -110,13 +110,11 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     head = ["side", "s/step", "x trl", "peak RSS GB", "mem / trl", "sampling tok/s", "sampling % peak",
             "train passes % peak"]
-    fmt = lambda v: "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
-    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    table += ["| " + " | ".join(fmt(r.get(h)) for h in head) + " |" for r in rows]
+    table = common.markdown_table(head, rows)
     md = (f"# GRPO bench {stamp}\n\n{platform.processor() or platform.machine()}, {args.threads} threads, {args.precision} peak "
           f"{peak['gflops']} GFLOP/s; SmolLM2-135M LoRA r16 {args.precision}, 16 completions (4 prompts x 4) per step, "
           f"{new} new tokens, {args.steps} timed + {args.warmup} warm-up steps; ours {args.ours_options or 'default'}, "
-          f"TRL gradient checkpointing {results.get('trl', {}).get('gradient_checkpointing')}\n\n" + "\n".join(table) + "\n")
+          f"TRL gradient checkpointing {results.get('trl', {}).get('gradient_checkpointing')}\n\n" + table + "\n")
     (args.out / f"grpo-{stamp}.md").write_text(md)
     (args.out / f"grpo-{stamp}.json").write_text(json.dumps({"spec": spec, "peak": peak, "results": results,
                                                              "rows": rows}, indent=1))

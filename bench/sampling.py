@@ -91,13 +91,11 @@ def main(argv=None):
     table[1]["x generate"] = statistics.median(seconds["generate"]) / table[1]["median s"]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     head = ["path", "median s", "tok/s", "x generate", "% peak"]
-    fmt = lambda v: "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(fmt(r.get(h)) for h in head) + " |" for r in table]
+    lines = common.markdown_table(head, table)
     md = (f"# Sampling bench {stamp}\n\n{platform.processor() or platform.machine()}, {args.threads} threads, fp32 "
           f"matmul peak {peak['gflops']} GFLOP/s; {args.model}, {args.prompts} prompts x {args.samples} samples "
           f"= {rows} rows, prompts left-padded to {width} tokens, {args.new_tokens} new tokens each, T {args.temperature} top-p {args.top_p}, "
-          f"median of {args.repeats}\n\n" + "\n".join(lines) + "\n")
+          f"median of {args.repeats}\n\n" + lines + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"sampling-{stamp}.md").write_text(md)
     (args.out / f"sampling-{stamp}.json").write_text(json.dumps(
