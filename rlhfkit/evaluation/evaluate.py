@@ -97,7 +97,7 @@ def _generate(entry: _Entry, prompts, k: int, settings, batch_size: int, seed: i
     queries = encode_prompts(tok, prompts, max_length=max_prompt_tokens)
     per_batch = max(1, batch_size // k)
     responses: list = []
-    logprobs: list | None = []
+    logprobs: list = []  # None for a chunk `generate()` sampled
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -108,12 +108,13 @@ def _generate(entry: _Entry, prompts, k: int, settings, batch_size: int, seed: i
                 chunk = queries[i:i + per_batch]
                 got, lps = sample(model, tok, chunk, settings, num_return_sequences=k, with_logprobs=True)
                 responses += got
-                logprobs = None if lps is None or logprobs is None else logprobs + lps
+                logprobs += [None] * len(got) if lps is None else lps
                 bar.update(len(chunk))
     finally:
         model.train(was_training)
     texts = [t.strip() for t in tok.batch_decode(responses, skip_special_tokens=True)]
-    return _Generations(queries, responses, texts, time.perf_counter() - start, logprobs)
+    return _Generations(queries, responses, texts, time.perf_counter() - start,
+                        None if any(lp is None for lp in logprobs) else logprobs)
 
 
 def _sampler(entry: _Entry):
@@ -142,20 +143,20 @@ def _kl_to_baseline(entry: _Entry, base: _Entry, gen: _Generations, prompts, k, 
     from tqdm.auto import tqdm
 
     queries = [q for q in gen.queries for _ in range(k)]
-    pad_id = entry.tokenizer.pad_token_id
-    logps = []
-    # the model's own log-probs come from its sampler where it gave them (the same numbers: tests/test_generation.py)
-    for e in ((base,) if gen.logprobs is not None else (entry, base)):
-        chunk, scored = 8 * batch_size, []
+    pad_id, chunk = entry.tokenizer.pad_token_id, 8 * batch_size
+
+    def scored_under(e: _Entry) -> list:
+        scored = []
         with e.context(), tqdm(total=len(queries), desc=f"KL: scoring {entry.name}'s replies under {e.name}",
                                unit="reply", disable=not progress) as bar:
             for i in range(0, len(queries), chunk):
                 scored += response_logprobs(e.model, queries[i:i + chunk], gen.responses[i:i + chunk], pad_id,
                                             temperature, batch_size)
                 bar.update(len(queries[i:i + chunk]))
-        logps.append(scored)
-    if gen.logprobs is not None:
-        logps.insert(0, gen.logprobs)
+        return scored
+
+    # the model's own log-probs come from its sampler where it gave them (the same numbers: tests/test_generation.py)
+    logps = [gen.logprobs if gen.logprobs is not None else scored_under(entry), scored_under(base)]
     per = np.array([float((a.double() - b.double()).sum()) for a, b in zip(*logps)]).reshape(len(prompts), k)
     tokens = [len(x) for x in logps[0]]
     return {**kl_statistics(per, tokens, **stats_kw), "per_response": per.ravel().tolist()}

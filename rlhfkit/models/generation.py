@@ -228,6 +228,11 @@ def _nucleus(logits: torch.Tensor, settings: GenerationSettings, step: int, eos_
     return top.masked_fill(top.cumsum(-1) - top >= settings.top_p, 0.0), idx
 
 
+def _last_logits_only(model) -> dict:
+    """`logits_to_keep=1` where the model takes it: no LM head over positions whose logits go unused."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(unwrap_peft(model).forward).parameters else {}
+
+
 def prefill_once(model, ids, mask, n: int, cache_name: str):
     """Read each distinct row of a left-padded causal batch once, for `n` samples per row.
 
@@ -248,28 +253,27 @@ def prefill_once(model, ids, mask, n: int, cache_name: str):
     autocast = torch.is_autocast_enabled(ids.device.type)
     cache_class = _keys_as_values_caches()[0] if autocast else DynamicCache  # bf16 keys, as `_autocast_kv_cache`
     cache = cache_class(config=base.config.get_text_config(decoder=True))
-    keep_logits = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
     logits = model(input_ids=ids[keep], attention_mask=head_mask, position_ids=positions, use_cache=True,
-                   **keep_logits, **{cache_name: cache}).logits[:, -1]
+                   **_last_logits_only(model), **{cache_name: cache}).logits[:, -1]
     cache.batch_select_indices(expand)
     return logits[expand], cache, head_mask[expand]
 
 
 def _decode(model, ids, mask, settings: GenerationSettings, n: int, eos_id: int | None, pad_id: int,
-            cache_name: str, with_logprobs: bool = False):
-    """Sampled responses [B*n, <=max_new_tokens] of a left-padded causal batch, KV-cached.
+            cache_name: str, with_logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sampled responses [B*n, <=max_new_tokens] of a left-padded causal batch, KV-cached, and their
+    log-probs (or None without `with_logprobs`).
 
     Each distinct prompt is read once and its cache copied to all its samples:
     `generate()` repeats a prompt `num_return_sequences` times before reading it,
     and the group methods pass each prompt `num_generations` times in a row, so
     prompt tokens (most of a short reply's compute) were read up to n times over.
     Rows after their EOS continue as padding; the loop ends when every row is done.
-    With `with_logprobs`, also the log-prob [B*n, T] of each sampled token under
-    the model at the temperature (padding positions hold garbage: cut at EOS).
+    The log-probs [B*n, T] are each sampled token's under the model at the
+    temperature (padding positions hold garbage: cut at EOS).
     """
     logits, cache, mask = prefill_once(model, ids, mask, n, cache_name)
-    params = inspect.signature(unwrap_peft(model).forward).parameters
-    keep_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    keep_logits = _last_logits_only(model)
     position = mask.sum(-1, keepdim=True)  # the next token's position in each row
     done = torch.zeros(len(mask), dtype=torch.bool, device=ids.device)
     out = []
@@ -289,7 +293,9 @@ def _decode(model, ids, mask, settings: GenerationSettings, n: int, eos_id: int 
                        **keep_logits, **{cache_name: cache}).logits[:, -1]
         position = position + 1
     tokens = torch.stack(out, dim=1) if out else ids.new_zeros(len(mask), 0)
-    return (tokens, torch.stack(logprobs, dim=1) if logprobs else None) if with_logprobs else tokens
+    if not with_logprobs:
+        return tokens, None
+    return tokens, torch.stack(logprobs, dim=1) if logprobs else torch.zeros(len(mask), 0, device=ids.device)
 
 
 @torch.no_grad()  # not inference_mode: under it autocast re-casts float32 weights on every call, every token
@@ -309,20 +315,17 @@ def sample(model, tokenizer, queries: list[list[int]], settings: GenerationSetti
     device = next(model.parameters()).device
     seq2seq = _is_seq2seq(model)
     ids, mask = pad(queries, tokenizer.pad_token_id, side="right" if seq2seq else "left", device=device)
-    kwargs = settings.kwargs()
-    kwargs.update(_autocast_kv_cache(model, extra, ids.shape[1] + settings.max_new_tokens))
     eos_id = tokenizer.eos_token_id
     cache_name = None if use_generate or seq2seq else decode_cache_name(model, extra)
     if cache_name is not None:
-        new = _decode(model, ids, mask, settings, num_return_sequences, eos_id, tokenizer.pad_token_id, cache_name,
-                      with_logprobs=with_logprobs)
-        new, logprobs = new if with_logprobs else (new, None)
+        new, logprobs = _decode(model, ids, mask, settings, num_return_sequences, eos_id, tokenizer.pad_token_id,
+                                cache_name, with_logprobs=with_logprobs)
         responses = [strip_response(row.tolist(), eos_id, tokenizer.pad_token_id) for row in new]
         if not with_logprobs:
             return responses
-        if logprobs is None:  # nothing sampled (max_new_tokens 0)
-            return responses, [torch.zeros(0) for _ in responses]
         return responses, [lp[:len(r)].float().cpu() for lp, r in zip(logprobs, responses)]
+    kwargs = settings.kwargs()
+    kwargs.update(_autocast_kv_cache(model, extra, ids.shape[1] + settings.max_new_tokens))
     out = model.generate(
         input_ids=ids, attention_mask=mask, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_id,
         num_return_sequences=num_return_sequences, **kwargs,
