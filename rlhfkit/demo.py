@@ -57,6 +57,7 @@ class DemoConfig:
     ppo_lr: float | None = option(None, "PPO learning rate (preset)")
     ppo_epochs: int | None = option(None, "PPO optimisation epochs per batch (preset)")
     init_kl_coef: float | None = option(None, "KL penalty coefficient beta (preset)")
+    entropy_coef: float | None = option(None, "entropy bonus of the online methods (preset)")
     n_eval_prompts: int | None = option(None, "held-out prompts used for evaluation (preset)")
     eval_samples: int | None = option(None, "completions per held-out prompt and model (preset)")
     eval_temperature: float = option(0.7, "sampling temperature of the evaluation, before and after alike")
@@ -78,13 +79,15 @@ class DemoConfig:
 PRESETS = {
     "default": dict(
         policy="smollm2-135m", reward_backbone="minilm-l6", n_label_prompts=320, k=4, max_new_tokens=32,
-        reward_epochs=3, reward_lr=1e-4, ppo_steps=24, ppo_batch_size=16, ppo_lr=2.5e-4, ppo_epochs=1, init_kl_coef=0.1, n_eval_prompts=200,
-        eval_samples=4, mixed_precision="no", dpo_epochs=2, dpo_lr=5e-5, dpo_beta=0.1,
+        reward_epochs=3, reward_lr=1e-4, ppo_steps=24, ppo_batch_size=16, ppo_lr=2.5e-4, ppo_epochs=1,
+        init_kl_coef=0.1, entropy_coef=0.0, n_eval_prompts=200, eval_samples=4, mixed_precision="no",
+        dpo_epochs=2, dpo_lr=5e-5, dpo_beta=0.1,
     ),
     "quick": dict(
         policy="tiny-gpt2", reward_backbone="tiny-bert", n_label_prompts=24, k=3, max_new_tokens=8,
-        reward_epochs=1, reward_lr=1e-4, ppo_steps=3, ppo_batch_size=8, ppo_lr=1e-3, ppo_epochs=2, init_kl_coef=0.05, n_eval_prompts=16,
-        eval_samples=2, mixed_precision="no", dpo_epochs=1, dpo_lr=1e-3, dpo_beta=0.1,
+        reward_epochs=1, reward_lr=1e-4, ppo_steps=3, ppo_batch_size=8, ppo_lr=1e-3, ppo_epochs=2,
+        init_kl_coef=0.05, entropy_coef=0.0, n_eval_prompts=16, eval_samples=2, mixed_precision="no",
+        dpo_epochs=1, dpo_lr=1e-3, dpo_beta=0.1,
     ),
 }
 
@@ -189,7 +192,7 @@ def run_demo(config: DemoConfig) -> dict:
         settings = {**common, "method": method, "reward": reward, "num_generations": config.num_generations,
                     "temperature": config.rollout_temperature,
                     **{k: getattr(config, k) for k in ("ppo_steps", "ppo_batch_size", "ppo_lr", "ppo_epochs",
-                                                       "init_kl_coef", "mixed_precision")}}
+                                                       "init_kl_coef", "entropy_coef", "mixed_precision")}}
         # PPO and the group methods see every training prompt, labelled or not
         stages.run(method, settings, ("reward",), lambda f, m=method, r=reward: _online(f, config, train_prompts, m, r))
         trained.append(method)
@@ -294,7 +297,8 @@ def _online(folder: Path, config: DemoConfig, prompts, method: str, reward: str)
     fields = dict(model=config.policy, lora=True, output_dir=str(folder), steps=config.ppo_steps,
                   batch_size=config.ppo_batch_size, learning_rate=config.ppo_lr, max_new_tokens=config.max_new_tokens,
                   temperature=config.rollout_temperature,
-                  mixed_precision=config.mixed_precision, seed=config.seed, save_every=10, normalize_scores=True,
+                  mixed_precision=config.mixed_precision, entropy_coef=config.entropy_coef, seed=config.seed,
+                  save_every=10, normalize_scores=True,
                   report_to="tensorboard")
     if trainer_cls is PPOTrainer:
         fields.update(mini_batch_size=max(1, config.ppo_batch_size // 2), ppo_epochs=config.ppo_epochs,

@@ -231,6 +231,47 @@ def test_linear_logprobs_match_the_logits_path_in_value_and_gradient(monkeypatch
     assert torch.allclose(entropy, entropy_from_logits(F.linear(hidden, weight, bias).detach(), temperature), atol=1e-6)
 
 
+def _plain_logprobs_and_entropy(logits, labels, temperature):
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_differentiable_entropy_matches_autograd_in_both_paths(monkeypatch, temperature):
+    """The entropy bonus's gradient, -p (log p + H) / T, alone and beside the log-probs' gradient, equals
+    autograd through log_softmax: from the logits (more rows than one chunk) and from the LM head's input."""
+    from rlhfkit.ops import logprobs
+
+    torch.manual_seed(0)
+    x = (torch.randn(2, 40, 30) * 3).requires_grad_()
+    labels, w_lp, w_h = torch.randint(0, 30, (2, 40)), torch.randn(2, 40), torch.randn(2, 40)
+    for weights in ((w_lp, w_h), (None, w_h)):
+        lp, ent = logprobs_from_logits(x, labels, temperature, with_entropy=True)
+
+        (((lp * weights[0]).sum() if weights[0] is not None else 0) + (ent * weights[1]).sum()).backward()
+        got, x.grad = x.grad.clone(), None
+        plp, pent = _plain_logprobs_and_entropy(x, labels, temperature)
+        (((plp * weights[0]).sum() if weights[0] is not None else 0) + (pent * weights[1]).sum()).backward()
+        assert torch.allclose(lp, plp, atol=1e-5) and torch.allclose(ent, pent, atol=1e-4)
+        assert torch.allclose(got, x.grad, atol=1e-5)
+        x.grad = None
+
+    monkeypatch.setattr(logprobs, "_head_rows", lambda vocab: 3)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    weight, bias = torch.randn(11, 8, requires_grad=True), torch.randn(11, requires_grad=True)
+    labels, w_lp, w_h = torch.randint(0, 11, (2, 5)), torch.randn(2, 5), torch.randn(2, 5)
+    lp, ent = linear_logprobs(hidden, weight, bias, labels, temperature, with_entropy=True)
+    ((lp * w_lp).sum() + (ent * w_h).sum()).backward()
+    grads = [t.grad.clone() for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    plp, pent = _plain_logprobs_and_entropy(F.linear(hidden, weight, bias), labels, temperature)
+    ((plp * w_lp).sum() + (pent * w_h).sum()).backward()
+    assert torch.allclose(ent, pent, atol=1e-5)
+    for g, t in zip(grads, (hidden, weight, bias)):
+        assert torch.allclose(g, t.grad, atol=1e-5)
+
+
 def test_linear_logprobs_under_bf16_autocast_equal_the_autocast_logits_path():
     torch.manual_seed(0)
     hidden, weight = torch.randn(2, 6, 16, requires_grad=True), torch.randn(40, 16) * 0.3
@@ -249,5 +290,3 @@ def test_linear_logprobs_refuse_bad_calls():
     hidden, weight, labels = torch.randn(1, 2, 4, requires_grad=True), torch.randn(5, 4), torch.zeros(1, 2, dtype=torch.long)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         linear_logprobs(hidden, weight, None, labels, temperature=0.0)
-    with pytest.raises(ValueError, match="with_entropy needs no grad"):
-        linear_logprobs(hidden, weight, None, labels, with_entropy=True)

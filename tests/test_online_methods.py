@@ -127,6 +127,39 @@ def test_kl_in_the_loss_and_in_the_reward():
     assert stats["ppo/mean_non_score_reward"] != 0 and "ppo/loss/kl" not in stats
 
 
+def test_entropy_bonus_is_the_only_gradient_when_every_advantage_is_zero():
+    """A constant reward gives GRPO zero advantages and no KL: without the bonus nothing moves; with it the
+    loss is -coef * entropy and the step raises the policy's entropy on the same completions."""
+    from rlhfkit.models.forward import forward, make_batch
+
+    def constant(prompts, completions):
+        return [1.0] * len(completions)
+
+    def mean_entropy(trainer):
+        batch = make_batch(trainer.queries[:8], [[5, 6, 7, 8]] * 8, trainer.tokenizer.pad_token_id, seq2seq=False)
+        with torch.no_grad():
+            return forward(trainer.model, batch, 1.0, with_values=False, with_entropy=True)[2].mean().item()
+
+    for coef in (0.0, 0.5):
+        trainer = make(entropy_coef=coef, ppo_epochs=1, gradient_accumulation_steps=1, learning_rate=1e-2)
+        before, entropy_before = [p.detach().clone() for p in trainer.unwrapped.parameters() if p.requires_grad], \
+            mean_entropy(trainer)
+        stats = trainer.train(constant, steps=1)[-1]
+        after = [p.detach() for p in trainer.unwrapped.parameters() if p.requires_grad]
+        moved = any(not torch.equal(a, b) for a, b in zip(before, after))
+        if coef == 0:
+            assert not moved and "ppo/loss/entropy" not in stats
+            continue
+        assert moved and stats["ppo/loss/policy"] == 0.0
+        assert stats["ppo/loss/total"] == pytest.approx(-coef * stats["ppo/loss/entropy"], rel=1e-5)
+        assert mean_entropy(trainer) > entropy_before + 1e-4
+
+
+def test_negative_entropy_coef_is_refused():
+    with pytest.raises(UserError, match="entropy_coef must be >= 0"):
+        make(entropy_coef=-0.1)
+
+
 def test_truncated_completions_get_no_gradient():
     trainer = make(mask_truncated_completions=True, ppo_epochs=1)
     queries = trainer.queries[:8]

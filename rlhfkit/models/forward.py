@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.models.generation import decode_cache_name, pad, prefill_once
-from rlhfkit.ops.logprobs import entropy_from_logits, linear_logprobs, logprobs_from_logits
+from rlhfkit.ops.logprobs import linear_logprobs, logprobs_from_logits
 
 
 @dataclass
@@ -75,7 +75,8 @@ def make_batch(queries, responses, pad_id: int, seq2seq: bool, start_id: int | N
 
 
 def forward(model, batch: Batch, temperature: float = 1.0, with_values: bool = True, with_entropy: bool = False):
-    """Log-probs [B, R] of the response tokens, values [B, R] (or None), entropy [B, R] (or None).
+    """Log-probs [B, R] of the response tokens, values [B, R] (or None), entropy [B, R] (or None;
+    differentiable under grad, for an entropy bonus).
 
     `model` is a `ModelWithValueHead` (possibly wrapped by accelerate/DDP) or, with
     `with_values=False`, any HF/peft language model.
@@ -93,8 +94,10 @@ def forward(model, batch: Batch, temperature: float = 1.0, with_values: bool = T
     else:
         logits, values = _plain_logits(model, batch), None
     logits = logits[:, -batch.width:] if logits.shape[1] != batch.width else logits
-    logprobs = logprobs_from_logits(logits, batch.responses, temperature)
-    entropy = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
+    if with_entropy:
+        logprobs, entropy = logprobs_from_logits(logits, batch.responses, temperature, with_entropy=True)
+    else:
+        logprobs, entropy = logprobs_from_logits(logits, batch.responses, temperature), None
     return logprobs, (values.float() if values is not None else None), entropy
 
 

@@ -31,20 +31,27 @@ def _label_logprobs(flat: torch.Tensor, labels: torch.Tensor, temperature: float
     return picked - lse, lse
 
 
-def _label_logprob_grad(out, flat, labels, lse, g, temperature):
-    """d/dz of sum_n g_n log softmax(z_n / T)[label_n] = (1[j = label] - softmax(z / T)_j) g / T, into `out`.
+def _label_logprob_grad(out, flat, labels, lse, g, temperature, entropy=None, g_entropy=None):
+    """d/dz of sum_n g_n log softmax(z_n / T)[label_n] = (1[j = label] - softmax(z / T)_j) g / T, into `out`,
+    plus, with `g_entropy`, that of sum_n g_entropy_n H_n: -p_j (log p_j + H_n) g_entropy_n / T.
 
     `out` may be `flat` itself: each row chunk is read before it is overwritten.
     """
     g = g[:, None].float() / temperature
+    ge = g_entropy[:, None].float() / temperature if g_entropy is not None else None
     for i in range(0, flat.shape[0], _ROWS):
-        p = _over_temperature(flat[i:i + _ROWS], temperature).sub_(lse[i:i + _ROWS, None]).exp_()  # softmax rows
+        logp = _over_temperature(flat[i:i + _ROWS], temperature).sub_(lse[i:i + _ROWS, None])
+        p = logp.exp()
+        if ge is not None:  # computed before `out`'s rows (maybe `flat`'s) are overwritten
+            dh = logp.add_(entropy[i:i + _ROWS, None]).mul_(p).mul_(-ge[i:i + _ROWS])
         out[i:i + _ROWS] = p.mul_(-g[i:i + _ROWS]).scatter_add_(-1, labels[i:i + _ROWS, None], g[i:i + _ROWS])
+        if ge is not None:
+            out[i:i + _ROWS] += dh
     return out
 
 
 class _LabelLogprob(torch.autograd.Function):
-    """log softmax(logits / T)[label] per row, with a hand-written backward.
+    """log softmax(logits / T)[label] per row (and the entropy, when asked), with a hand-written backward.
 
     Autograd through `gather - logsumexp` keeps five vocab-sized temporaries per
     call (the division, the shift, the exponent, a zero-filled scatter target and
@@ -52,30 +59,37 @@ class _LabelLogprob(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, labels, temperature):
+    def forward(ctx, logits, labels, temperature, with_entropy):
         flat, lab = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
         logprobs, lse = _label_logprobs(flat, lab, temperature)
-        ctx.save_for_backward(logits, labels, lse)
+        entropy = entropy_from_logits(flat, temperature) if with_entropy else lse.new_empty(0)
+        ctx.save_for_backward(logits, labels, lse, entropy)
         ctx.temperature = temperature
-        return logprobs.view(labels.shape)
+        ctx.set_materialize_grads(False)
+        return logprobs.view(labels.shape), (entropy.view(labels.shape) if with_entropy else entropy)
 
     @staticmethod
-    def backward(ctx, grad_out):
-        logits, labels, lse = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_entropy):
+        logits, labels, lse, entropy = ctx.saved_tensors
         flat = logits.reshape(-1, logits.shape[-1])
-        grad = _label_logprob_grad(torch.empty_like(flat), flat, labels.reshape(-1), lse, grad_out.reshape(-1),
-                                   ctx.temperature)
-        return grad.view(logits.shape), None, None
+        g = grad_out.reshape(-1) if grad_out is not None else lse.new_zeros(lse.shape)
+        ge = grad_entropy.reshape(-1) if grad_entropy is not None and entropy.numel() else None
+        grad = _label_logprob_grad(torch.empty_like(flat), flat, labels.reshape(-1), lse, g, ctx.temperature,
+                                   entropy, ge)
+        return grad.view(logits.shape), None, None, None
 
 
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log p(label) under softmax(logits / temperature): logits [B, T, V], labels [B, T] -> [B, T] (float32).
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                         with_entropy: bool = False):
+    """log p(label) under softmax(logits / temperature): logits [B, T, V], labels [B, T] -> [B, T] (float32);
+    with `with_entropy`, (log-probs, entropy [B, T]), both differentiable (an entropy bonus).
 
     Computed in float32 whatever the logits' dtype, in row chunks, with a fused backward.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return _LabelLogprob.apply(logits, labels, float(temperature))
+    logprobs, entropy = _LabelLogprob.apply(logits, labels, float(temperature), with_entropy)
+    return (logprobs, entropy) if with_entropy else logprobs
 
 
 def _head_rows(vocab: int) -> int:
@@ -114,19 +128,23 @@ class _LinearLabelLogprob(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, temperature, dtype):
+    def forward(ctx, hidden, weight, bias, labels, temperature, dtype, with_entropy):
         flat, lab = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
-        logprobs, lse, _ = _linear_logprobs_chunks(flat, weight, bias, lab, temperature, dtype, with_entropy=False)
-        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        logprobs, lse, entropy = _linear_logprobs_chunks(flat, weight, bias, lab, temperature, dtype, with_entropy)
+        entropy = entropy if with_entropy else lse.new_empty(0)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse, entropy)
         ctx.temperature, ctx.dtype = temperature, dtype
-        return logprobs.view(labels.shape)
+        ctx.set_materialize_grads(False)
+        return logprobs.view(labels.shape), (entropy.view(labels.shape) if with_entropy else entropy)
 
     @staticmethod
-    def backward(ctx, grad_out):
-        hidden, weight, bias, labels, lse = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_entropy):
+        hidden, weight, bias, labels, lse, entropy = ctx.saved_tensors
         dtype = ctx.dtype
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        flat, lab, g = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), grad_out.reshape(-1)
+        flat, lab = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+        g = grad_out.reshape(-1) if grad_out is not None else lse.new_zeros(lse.shape)
+        ge = grad_entropy.reshape(-1) if grad_entropy is not None and entropy.numel() else None
         w, b = weight.to(dtype), (bias.to(dtype) if bias is not None else None)
         d_hidden = torch.empty_like(flat) if need_hidden else None
         d_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
@@ -135,7 +153,9 @@ class _LinearLabelLogprob(torch.autograd.Function):
         for i in range(0, flat.shape[0], rows):
             h = flat[i:i + rows].to(dtype)
             dz = F.linear(h, w, b)
-            _label_logprob_grad(dz, dz, lab[i:i + rows], lse[i:i + rows], g[i:i + rows], ctx.temperature)
+            _label_logprob_grad(dz, dz, lab[i:i + rows], lse[i:i + rows], g[i:i + rows], ctx.temperature,
+                                entropy[i:i + rows] if ge is not None else None,
+                                ge[i:i + rows] if ge is not None else None)
             if need_hidden:
                 d_hidden[i:i + rows] = dz @ w
             if need_weight:
@@ -144,7 +164,7 @@ class _LinearLabelLogprob(torch.autograd.Function):
                 d_bias += dz.sum(0)
         return (d_hidden.view(hidden.shape) if need_hidden else None,
                 d_weight.to(weight.dtype) if need_weight else None,
-                d_bias.to(bias.dtype) if need_bias else None, None, None, None)
+                d_bias.to(bias.dtype) if need_bias else None, None, None, None, None)
 
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
@@ -152,7 +172,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     """`logprobs_from_logits(F.linear(hidden, weight, bias), labels, temperature)` without holding the logits.
 
     hidden [B, T, H], weight [V, H], labels [B, T] -> (log-probs [B, T] in float32, the
-    entropy [B, T] when `with_entropy` (no gradient), else None). The head's matmul runs
+    entropy [B, T] when `with_entropy`, else None; both differentiable under grad). The head's matmul runs
     in autocast's dtype when autocast is on, else in the weight's; the softmax in
     float32. Differentiable in hidden, weight and bias: the backward recomputes the
     logits in row chunks (`_LinearLabelLogprob`). The log-probs computed without grad
@@ -164,9 +184,9 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     with torch.autocast(device, enabled=False):
         if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (hidden, weight, bias)):
-            if with_entropy:
-                raise ValueError("with_entropy needs no grad: the entropy is a statistic, not a loss term")
-            return _LinearLabelLogprob.apply(hidden, weight, bias, labels, float(temperature), dtype), None
+            logprobs, entropy = _LinearLabelLogprob.apply(hidden, weight, bias, labels, float(temperature), dtype,
+                                                          with_entropy)
+            return logprobs, (entropy if with_entropy else None)
         flat, lab = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
         logprobs, _, entropy = _linear_logprobs_chunks(flat, weight, bias, lab, float(temperature), dtype,
                                                        with_entropy)

@@ -58,6 +58,9 @@ class _Method:
     cliprange_high: float | None = option(None, "upper clip range (None = cliprange; larger = DAPO's clip-higher)")
     cliprange_value: float = option(0.2, "value clip range around the old values")
     vf_coef: float = option(0.1, "value loss coefficient")
+    entropy_coef: float = option(0.0, "entropy bonus: subtract this times the policy's mean token entropy from the "
+                                      "loss (verl's entropy_coeff); keeps replies varied against a reward with one "
+                                      "favourite answer")
     # KL leash
     kl_penalty: Literal["reward", "loss", "none"] = option(
         "reward", "where the KL to the reference goes: per-token in the reward, a loss term, or off (no reference)")
@@ -110,6 +113,8 @@ class OnlineConfig(_Speed, SamplingFields, _Method, OptimFields, _Run, LoraField
                             f"({self.num_generations}): each prompt's completions stay in one batch")
         if self.temperature <= 0 or self.learning_rate <= 0:
             raise UserError("temperature and learning_rate must be positive")
+        if self.entropy_coef < 0:
+            raise UserError(f"entropy_coef must be >= 0 (got {self.entropy_coef}): it is a bonus for entropy")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise UserError(f"kl_estimator {self.kl_estimator!r}: use k1, k2 or k3")
         for value, registry in ((self.advantage_estimator, ADVANTAGE_ESTIMATORS), (self.policy_loss, POLICY_LOSSES)):

@@ -1,6 +1,7 @@
 """The update of one online step: `ppo_epochs` passes over shuffled mini-batches, each split into
 micro-batches whose gradients add up to the mini-batch's (accumulation, DDP), with the configured
-policy loss, the critic's value loss and, with `kl_penalty="loss"`, the KL term."""
+policy loss, the critic's value loss, the entropy bonus (`entropy_coef`) and, with `kl_penalty="loss"`,
+the KL term."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def micro_step(trainer, batches, data: dict, micro: list[int], scale: LossScale)
            if k in data}
     mask = old.get("loss_mask", batch.mask)
     with trainer.runtime.autocast():
-        logprobs, values, _ = forward(trainer.model, batch, c.temperature, with_values=trainer.critic)
+        logprobs, values, entropy = forward(trainer.model, batch, c.temperature, with_values=trainer.critic,
+                                            with_entropy=c.entropy_coef > 0)
     loss_fn = get_policy_loss(c.policy_loss)
     pl, ps = loss_fn(logprobs, old["logprobs"], old["advantages"], mask, clip_low=c.cliprange,
                      clip_high=c.cliprange_high, agg=c.loss_agg_mode, scale=scale,
@@ -78,6 +80,10 @@ def micro_step(trainer, batches, data: dict, micro: list[int], scale: LossScale)
         loss = pl + c.vf_coef * vl
         out.update({"loss/value": vl.item(), "val/clipfrac": vs["clipfrac"].item(), "val/error": vs["error"].item(),
                     "val/vpred": ((values.detach() * batch.mask).sum() / scale.tokens).item()})
+    if c.entropy_coef > 0:
+        ent = aggregate(entropy, mask, c.loss_agg_mode, scale)
+        loss = loss - c.entropy_coef * ent
+        out["loss/entropy"] = ent.item()
     if c.kl_penalty == "loss":
         kl = aggregate(kl_estimate(logprobs, old["ref_logprobs"], c.kl_estimator), mask, c.loss_agg_mode, scale)
         loss = loss + trainer.kl_ctl.value * kl
