@@ -43,6 +43,7 @@ class Preference:
     chosen: str
     rejected: str
     row: int | None = field(default=None, compare=False)  # the file's row, for messages naming it
+    tie: bool = False  # ranked equal: no preference between the two (kept only when asked for)
 
 
 @dataclass(frozen=True)
@@ -327,12 +328,13 @@ def _ranking(path, row, rec) -> Ranking:
     return Ranking(prompt, completions, ranks)
 
 
-def load_preferences(path: str | Path) -> list[Preference]:
+def load_preferences(path: str | Path, ties: bool = False) -> list[Preference]:
     """Preference pairs from a pairs file, or expanded from a rankings file.
 
     A file whose rows carry "ranks" is read as rankings and each row becomes its
     N-choose-2 pairs (`rankings_to_pairs`); a ranking whose completions are all
-    tied gives no pair, and the loader says how many such rows there were.
+    tied gives no pair. With `ties`, each ranking's equally ranked pairs come too,
+    as `Preference(..., tie=True)` after its decisive ones.
     """
     records = read_records(path)
     if not records:
@@ -346,7 +348,9 @@ def load_preferences(path: str | Path) -> list[Preference]:
                     raise DataError(path, row, "completions", f"the same completion {c[:40]!r} has two different "
                                     "ranks; a pair needs two different texts (give equal texts equal ranks)")
                 pairs.append(Preference(r.prompt, c, j, row))
-        if not pairs:
+            if ties:
+                pairs.extend(Preference(r.prompt, a, b, row, tie=True) for a, b in tied_pairs(r.completions, r.ranks))
+        if not any(not p.tie for p in pairs):
             raise UserError(f"{path}: every ranking is a full tie, so there are no preference pairs to learn from")
         return pairs
     return [_preference(path, row, rec) for row, rec in records]
@@ -437,6 +441,13 @@ def pairs_to_unpaired(pairs: list[Preference]) -> list[Unpaired]:
                 seen.add(key)
                 out.append(Unpaired(p.prompt, text, label, p.row))
     return out
+
+
+def tied_pairs(completions: list[str], ranks: list[int]) -> list[tuple[str, str]]:
+    """The pairs of different completions a ranking ranks equal, in position order."""
+    n = len(completions)
+    return [(completions[a], completions[b]) for a in range(n) for b in range(a + 1, n)
+            if ranks[a] == ranks[b] and text_key(completions[a]) != text_key(completions[b])]
 
 
 def rankings_to_pairs(completions: list[str], ranks: list[int]) -> list[tuple[str, str]]:

@@ -51,6 +51,8 @@ class DemoConfig:
     k: int | None = option(None, "completions per prompt for ranking (preset)")
     max_new_tokens: int | None = option(None, "tokens per completion, everywhere (preset)")
     reward_epochs: int | None = option(None, "reward-model epochs (preset)")
+    reward_ties: Literal["drop", "half"] | None = option(None, "tied completions in the reward model's training: "
+                                                               "dropped, or half a win each way (preset)")
     reward_lr: float | None = option(None, "reward-model learning rate (preset)")
     ppo_steps: int | None = option(None, "PPO steps (preset)")
     ppo_batch_size: int | None = option(None, "prompts per PPO step (preset)")
@@ -58,6 +60,9 @@ class DemoConfig:
     ppo_epochs: int | None = option(None, "PPO optimisation epochs per batch (preset)")
     init_kl_coef: float | None = option(None, "KL penalty coefficient beta (preset)")
     entropy_coef: float | None = option(None, "entropy bonus of the online methods (preset)")
+    reward_cap: float | None = option(None, "cap the reward model's score, for the online methods, at this quantile "
+                                            "of its scores on the ranked (reference) completions, e.g. 0.5: "
+                                            "beating an ordinary good reply earns nothing more (preset; 1 = off)")
     n_eval_prompts: int | None = option(None, "held-out prompts used for evaluation (preset)")
     eval_samples: int | None = option(None, "completions per held-out prompt and model (preset)")
     eval_temperature: float = option(0.7, "sampling temperature of the evaluation, before and after alike")
@@ -79,15 +84,17 @@ class DemoConfig:
 PRESETS = {
     "default": dict(
         policy="smollm2-135m", reward_backbone="minilm-l6", n_label_prompts=320, k=4, max_new_tokens=32,
-        reward_epochs=3, reward_lr=1e-4, ppo_steps=24, ppo_batch_size=16, ppo_lr=2.5e-4, ppo_epochs=1,
-        init_kl_coef=0.1, entropy_coef=0.0, n_eval_prompts=200, eval_samples=4, mixed_precision="no",
-        dpo_epochs=2, dpo_lr=5e-5, dpo_beta=0.1,
+        reward_epochs=3, reward_lr=1e-4, reward_ties="drop",
+        ppo_steps=24, ppo_batch_size=16, ppo_lr=2.5e-4, ppo_epochs=1, init_kl_coef=0.1, entropy_coef=0.0,
+        reward_cap=1.0, mixed_precision="no",
+        n_eval_prompts=200, eval_samples=4, dpo_epochs=2, dpo_lr=5e-5, dpo_beta=0.1,
     ),
     "quick": dict(
         policy="tiny-gpt2", reward_backbone="tiny-bert", n_label_prompts=24, k=3, max_new_tokens=8,
-        reward_epochs=1, reward_lr=1e-4, ppo_steps=3, ppo_batch_size=8, ppo_lr=1e-3, ppo_epochs=2,
-        init_kl_coef=0.05, entropy_coef=0.0, n_eval_prompts=16, eval_samples=2, mixed_precision="no",
-        dpo_epochs=1, dpo_lr=1e-3, dpo_beta=0.1,
+        reward_epochs=1, reward_lr=1e-4, reward_ties="drop",
+        ppo_steps=3, ppo_batch_size=8, ppo_lr=1e-3, ppo_epochs=2, init_kl_coef=0.05, entropy_coef=0.0,
+        reward_cap=1.0, mixed_precision="no",
+        n_eval_prompts=16, eval_samples=2, dpo_epochs=1, dpo_lr=1e-3, dpo_beta=0.1,
     ),
 }
 
@@ -179,7 +186,7 @@ def run_demo(config: DemoConfig) -> dict:
         stages.run("label", {"labeler": config.labeler, "tie_threshold": config.tie_threshold}, ("generate",), lambda f: _label(f, stages, config))
         rankings = stages.folder("label") / "rankings.jsonl"
     stages.run("reward", {"backbone": config.reward_backbone, "epochs": config.reward_epochs, "lr": config.reward_lr,
-                         "seed": config.seed},
+                         "ties": config.reward_ties, "seed": config.seed},
                ("label",), lambda f: _reward(f, config, rankings))
     trained = []
     for method, reward in _method_stages(config, stages):
@@ -192,9 +199,11 @@ def run_demo(config: DemoConfig) -> dict:
         settings = {**common, "method": method, "reward": reward, "num_generations": config.num_generations,
                     "temperature": config.rollout_temperature,
                     **{k: getattr(config, k) for k in ("ppo_steps", "ppo_batch_size", "ppo_lr", "ppo_epochs",
-                                                       "init_kl_coef", "entropy_coef", "mixed_precision")}}
+                                                       "init_kl_coef", "entropy_coef", "mixed_precision")},
+                    "score_cap": _score_cap(stages, config, rankings, reward)}
         # PPO and the group methods see every training prompt, labelled or not
-        stages.run(method, settings, ("reward",), lambda f, m=method, r=reward: _online(f, config, train_prompts, m, r))
+        stages.run(method, settings, ("reward",),
+                   lambda f, m=method, r=reward, cap=settings["score_cap"]: _online(f, config, train_prompts, m, r, cap))
         trained.append(method)
     stages.run("eval", {**common, "n": len(heldout), "samples": config.eval_samples, "methods": trained,
                         "temperature": config.eval_temperature, "top_p": config.eval_top_p,
@@ -274,7 +283,8 @@ def _reward(folder: Path, config: DemoConfig, rankings: Path) -> None:
 
     result = train_reward_model(RewardConfig(
         model=config.reward_backbone, data=str(rankings), output_dir=str(folder / "model"), epochs=config.reward_epochs,
-        learning_rate=config.reward_lr, seed=config.seed, mixed_precision="no", report_to="tensorboard",
+        learning_rate=config.reward_lr, ties=config.reward_ties, seed=config.seed, mixed_precision="no",
+        report_to="tensorboard",
     ))
     (folder / "reward_result.json").write_text(json.dumps(result, indent=1, default=str))
 
@@ -286,7 +296,30 @@ def _method_stages(config: DemoConfig, stages: Stages) -> list[tuple[str, str]]:
     return out + ([("ppo-direct", config.direct_reward)] if config.direct_reward else [])
 
 
-def _online(folder: Path, config: DemoConfig, prompts, method: str, reward: str) -> None:
+def _score_cap(stages: Stages, config: DemoConfig, rankings: Path, reward: str) -> float | None:
+    """The `reward_cap` quantile of the reward model's scores on the first 512 ranked completions (samples
+    of the reference policy), scored once and kept in reward/reference_scores.json; None for no cap
+    (quantile 1) or a direct reward."""
+    import torch
+
+    if not config.reward_cap or not 0 < config.reward_cap <= 1:
+        raise UserError(f"--reward-cap {config.reward_cap}: a quantile in (0, 1], e.g. 0.5 (1 = no cap)")
+    if config.reward_cap == 1 or reward != str(stages.folder("reward") / "model"):
+        return None
+    path = stages.folder("reward") / "reference_scores.json"
+    key = stages.keys["reward"]
+    if not path.exists() or json.loads(path.read_text()).get("reward_key") != key:
+        from rlhfkit.data import load_rankings
+        from rlhfkit.rewards import get_reward
+
+        pairs = [(r.prompt, c) for r in load_rankings(rankings) for c in r.completions][:512]
+        scores = get_reward(reward)([p for p, _ in pairs], [c for _, c in pairs])
+        path.write_text(json.dumps({"reward_key": key, "scores": scores}))
+    scores = torch.tensor(json.loads(path.read_text())["scores"])
+    return round(float(torch.quantile(scores, config.reward_cap)), 4)
+
+
+def _online(folder: Path, config: DemoConfig, prompts, method: str, reward: str, score_cap: float | None) -> None:
     """One online method on the policy with LoRA; `ppo-direct` is PPO on a reward spec, no reward model."""
     from rlhfkit.methods.grpo import GRPOConfig, GRPOTrainer
     from rlhfkit.methods.ppo import PPOConfig, PPOTrainer
@@ -298,7 +331,7 @@ def _online(folder: Path, config: DemoConfig, prompts, method: str, reward: str)
                   batch_size=config.ppo_batch_size, learning_rate=config.ppo_lr, max_new_tokens=config.max_new_tokens,
                   temperature=config.rollout_temperature,
                   mixed_precision=config.mixed_precision, entropy_coef=config.entropy_coef, seed=config.seed,
-                  save_every=10, normalize_scores=True,
+                  save_every=10, normalize_scores=True, score_cap=score_cap,
                   report_to="tensorboard")
     if trainer_cls is PPOTrainer:
         fields.update(mini_batch_size=max(1, config.ppo_batch_size // 2), ppo_epochs=config.ppo_epochs,
@@ -375,8 +408,14 @@ def _method_table(result: dict, stages: Stages) -> list[dict]:
                      "expected max change": worst.get("relative_change"), "KL (nats)": kl.get("mean"),
                      "mean words": quality.get("mean_words"), "distinct-2": quality.get("distinct_2"),
                      "top reply share": quality.get("top_reply_share"),
+                     "score cap": _stage_settings(stages, method).get("score_cap"),
                      "train minutes": stages.timings.get(method, 0.0) / 60})
     return rows
+
+
+def _stage_settings(stages: Stages, stage: str) -> dict:
+    marker = stages.folder(stage) / "stage.json"
+    return json.loads(marker.read_text()).get("settings", {}) if marker.exists() else {}
 
 
 def _reward_summary(result: dict) -> list[dict]:

@@ -137,3 +137,21 @@ def test_compress_stage_adds_the_deployment_table_to_the_report(quick_run, capsy
     assert "Conv1D" in goals["skipped"]["int8-weight"]  # tiny-gpt2 cannot be quantized by torchao: said, not hidden
     html = (quick_run / "report.html").read_text()
     assert "Compression for deployment" in html and "Compression goals" in html
+
+
+def test_reward_cap_is_that_quantile_of_the_reward_models_scores_on_the_ranked_completions(quick_run, capsys):
+    """Last in this file: it retrains the quick run's PPO with a cap (the direct reward is never capped)."""
+    import statistics
+
+    import yaml
+
+    assert main(["demo", "--preset", "quick", "--out", str(quick_run), "--reward-cap", "0.5",
+                 "--direct-reward", "profanity"]) == 0
+    assert "[ppo] running" in capsys.readouterr().out
+    scores = json.loads((quick_run / "reward" / "reference_scores.json").read_text())["scores"]
+    assert len(scores) == 24 * 3  # every ranked completion of the quick preset (first 512 at most)
+    config = yaml.safe_load((quick_run / "ppo" / "config.yaml").read_text())
+    assert config["score_cap"] == pytest.approx(statistics.median(scores), abs=1e-4)
+    assert yaml.safe_load((quick_run / "ppo-direct" / "config.yaml").read_text())["score_cap"] is None
+    assert main(["demo", "--preset", "quick", "--out", str(quick_run), "--reward-cap", "1.5"]) == 2
+    assert "a quantile in (0, 1]" in capsys.readouterr().err

@@ -314,7 +314,7 @@ def test_stats_names_and_k3():
     assert abs(stats["ppo/policy/advantages_mean"]) < 1e-5  # whitened
 
 
-def test_scores_eos_penalty_clip_and_normalisation():
+def test_scores_cap_eos_penalty_clip_and_normalisation():
     from rlhfkit.training.experience import process_scores
 
     def processed(trainer, scores, responses):
@@ -328,6 +328,10 @@ def test_scores_eos_penalty_clip_and_normalisation():
     trainer = make(normalize_scores=True)
     scores = processed(trainer, torch.tensor([1.0, 2.0, 3.0]), [[1]] * 3)
     assert torch.allclose(scores, torch.tensor([-1.0, 0.0, 1.0]) / math.sqrt(2 / 3), atol=1e-5)
+    # the cap comes first: 3.0 and 5.0 count as 2.0, then the EOS penalty: [1.0, 2.0 - 1, 2.0]
+    trainer = make(score_cap=2.0, missing_eos_penalty=1.0)
+    scores = processed(trainer, torch.tensor([1.0, 3.0, 5.0]), [[5, eos], [5, 6], [eos]])
+    assert torch.allclose(scores, torch.tensor([1.0, 1.0, 2.0]))
 
 
 def test_non_finite_rewards_are_skipped_then_stop_the_run():

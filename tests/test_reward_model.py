@@ -45,6 +45,68 @@ def test_pairwise_loss_hand_worked():
     assert per_pair == pytest.approx(0.6931472, abs=1e-6)
 
 
+def test_tie_loss_hand_worked():
+    # a draw is half a win each way: 0.5 * (softplus(-d) + softplus(d)); d = 0 -> log 2, d = +-2 ->
+    # 0.5 * (log(1 + e^-2) + log(1 + e^2)) = 0.5 * (0.1269280 + 2.1269280) = 1.1269280
+    from rlhfkit.objectives.preference import bradley_terry_tie_loss
+
+    a, b = torch.tensor([0.5, 3.0, 0.0]), torch.tensor([0.5, 1.0, 2.0])
+    assert bradley_terry_tie_loss(a, b).item() == pytest.approx((0.6931472 + 2 * 1.1269280) / 3, abs=1e-6)
+    assert bradley_terry_tie_loss(a, b, reduction="sum").item() == pytest.approx(0.6931472 + 2 * 1.1269280, abs=1e-6)
+    d = torch.tensor([1.5], requires_grad=True)
+    bradley_terry_tie_loss(d, torch.zeros(1)).backward()
+    assert d.grad.item() == pytest.approx(0.5 * (torch.sigmoid(torch.tensor(1.5)) - torch.sigmoid(torch.tensor(-1.5))).item())
+
+
+def test_ties_come_as_tied_pairs_only_when_asked(tmp_path):
+    from rlhfkit.data import load_preferences
+
+    rows = [{"prompt": "p", "completions": ["a", "b", "c", "b "], "ranks": [1, 1, 2, 1]}]
+    data = write_jsonl(tmp_path / "rankings.jsonl", rows)
+    assert [(x.chosen, x.rejected, x.tie) for x in load_preferences(data)] == [
+        ("a", "c", False), ("b", "c", False), ("b ", "c", False)]
+    with_ties = load_preferences(data, ties=True)
+    # "b" and "b " are the same text: tied with itself is no pair
+    assert [(x.chosen, x.rejected) for x in with_ties if x.tie] == [("a", "b"), ("a", "b ")]
+    full_tie = write_jsonl(tmp_path / "tie.jsonl", [{"prompt": "p", "completions": ["a", "b"], "ranks": [1, 1]}])
+    with pytest.raises(Exception, match="full tie"):
+        load_preferences(full_tie, ties=True)
+
+
+def test_training_on_ties_pulls_tied_rewards_together(tmp_path):
+    """Half the rankings tie a kind reply with an apology (both above a rude one); the other half rank
+    the apology above the kind reply. Dropping the ties leaves only "apology > kind", which a reward
+    model can push without bound; counting each tie as half a win each way makes the best gap
+    ln 3 (P(apology wins) = 3/4), so the gap stays smaller on prompts it never saw. Both learn kind > rude."""
+    from rlhfkit.rewards import get_reward
+
+    sorry = ["I'm sorry, I can't help with that.", "Sorry, I would rather not say.", "I apologise, I cannot do that."]
+    rows, rng = [], random.Random(0)
+    for i, t in enumerate(TOPICS * 6):
+        if rng.random() < 0.5:  # at random, so nothing in the prompt says which kind of row it is
+            rows.append({"prompt": f"Reply to {t} {i}", "completions": [sorry[i % 3], KIND[i % 6]], "ranks": [1, 2]})
+        else:
+            rows.append({"prompt": f"Reply to {t} {i}", "completions": [sorry[i % 3], KIND[i % 6], RUDE[i % 6]],
+                         "ranks": [1, 1, 2]})
+    data = write_jsonl(tmp_path / "rankings.jsonl", rows)
+    fresh = [f"Reply to {t} {100 + i}" for i, t in enumerate(TOPICS * 2)]
+    gaps, rude_gaps, results = {}, {}, {}
+    for ties in ("drop", "half"):
+        config = RewardConfig(model="tiny-bert", data=data, output_dir=str(tmp_path / ties), epochs=10,
+                              learning_rate=3e-3, batch_size=8, eval_fraction=0.25, ties=ties)
+        results[ties] = train_reward_model(config, progress=False)["eval"][-1]
+        reward = get_reward(str(tmp_path / ties))
+        r_sorry = reward(fresh, [sorry[i % 3] for i in range(len(fresh))])
+        r_kind = reward(fresh, [KIND[i % 6] for i in range(len(fresh))])
+        r_rude = reward(fresh, [RUDE[i % 6] for i in range(len(fresh))])
+        gaps[ties] = sum(a - b for a, b in zip(r_sorry, r_kind)) / len(fresh)
+        rude_gaps[ties] = sum(a - b for a, b in zip(r_kind, r_rude)) / len(fresh)
+    assert "tie_gap" in results["half"] and "tie_gap" not in results["drop"]
+    assert results["half"]["pairs"] == results["drop"]["pairs"]  # held-out accuracy: decisive pairs only
+    assert gaps["drop"] > 0 and gaps["half"] < 0.6 * gaps["drop"]
+    assert rude_gaps["half"] > 0 and rude_gaps["drop"] > 0
+
+
 def test_split_holds_out_whole_prompts():
     from rlhfkit.data import Preference
 

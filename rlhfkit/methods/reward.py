@@ -3,9 +3,10 @@
 Pairs come from a pairs file or a rankings file (expanded to pairs). The model
 is a sequence classifier with one output (default backbone: the embedded
 `minilm-l6` encoder) reading (prompt, completion) as a text pair. Loss per pair:
--log sigmoid(r_chosen - r_rejected - margin). A held-out split (by prompt, so no
-prompt's completions are in both halves) gives pairwise accuracy and loss after
-every epoch. The saved folder loads with
+-log sigmoid(r_chosen - r_rejected - margin); with `ties="half"` a ranking's tied
+pairs count too, as half a win each way. A held-out split (by prompt, so no
+prompt's completions are in both halves) gives pairwise accuracy and loss on the
+decisive pairs after every epoch (and the mean reward gap of tied pairs). The saved folder loads with
 `AutoModelForSequenceClassification.from_pretrained` and as a reward with
 `get_reward("FOLDER")`.
 """
@@ -16,6 +17,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rlhfkit.config import OptimFields, option, renamed
 from rlhfkit.errors import UserError
@@ -35,6 +37,9 @@ class RewardConfig(OptimFields):
                                          "once (InstructGPT): K forward passes for a ranking's K-choose-2 pairs")
     warmup_ratio: float = option(0.1, "fraction of steps for linear warm-up, then linear decay to 0")
     margin: float = option(0.0, "margin the chosen reward should win by: loss -log sigmoid(r_c - r_r - margin)")
+    ties: Literal["drop", "half"] = option("drop", "completions a ranking ranks equal: drop their pairs (InstructGPT, "
+                                                   "TRL), or train on them as half a win each way (a draw in "
+                                                   "Bradley-Terry), which pulls their rewards together")
     max_length: int = option(256, "tokens per (prompt, completion) sequence; longer ones are truncated and counted")
     limit: int | None = option(None, "use only the first N pairs of --data")
     log_every: int = option(10, "write a metrics line every N steps")
@@ -177,8 +182,10 @@ def pair_rewards(model, pairs: list[tuple[dict, dict]], pad_id: int, autocast: b
     return r[slots[:, 0]], r[slots[:, 1]]
 
 
-def evaluate_pairs(model, tokenizer, encoded, batch_size: int = 32, margin: float = 0.0, autocast: bool = False) -> dict:
-    """Pairwise accuracy (ties count half) and mean Bradley-Terry loss over encoded pairs."""
+def evaluate_pairs(model, tokenizer, encoded, batch_size: int = 32, margin: float = 0.0, autocast: bool = False,
+                   tied=()) -> dict:
+    """Pairwise accuracy (equal rewards count half) and mean Bradley-Terry loss over the encoded
+    decisive pairs; with `tied` (encoded tied pairs), their mean reward gap |r_a - r_b| as `tie_gap`."""
     import torch
 
     from rlhfkit.objectives.preference import bradley_terry_loss
@@ -187,15 +194,19 @@ def evaluate_pairs(model, tokenizer, encoded, batch_size: int = 32, margin: floa
         return {}
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0.0
+    total_loss, correct, gap = 0.0, 0.0, 0.0
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start:start + batch_size]
             rc, rr = pair_rewards(model, chunk, tokenizer.pad_token_id, autocast)
             total_loss += bradley_terry_loss(rc, rr, margin).item() * len(chunk)
             correct += ((rc > rr).float() + 0.5 * (rc == rr).float()).sum().item()
+        for start in range(0, len(tied), batch_size):
+            ra, rb = pair_rewards(model, tied[start:start + batch_size], tokenizer.pad_token_id, autocast)
+            gap += (ra - rb).abs().sum().item()
     model.train(was_training)
-    return {"loss": total_loss / len(encoded), "accuracy": correct / len(encoded), "pairs": len(encoded)}
+    out = {"loss": total_loss / len(encoded), "accuracy": correct / len(encoded), "pairs": len(encoded)}
+    return out | ({"tie_gap": gap / len(tied), "tied_pairs": len(tied)} if tied else {})
 
 
 def _prepare(config: RewardConfig):
@@ -206,11 +217,14 @@ def _prepare(config: RewardConfig):
     for name in ("epochs", "batch_size", "max_length"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    pairs = load_preferences(config.data)  # validates every row before anything is trained
+    if config.ties not in ("drop", "half"):
+        raise UserError(f"--ties {config.ties!r}: use drop or half")
+    ties = config.ties == "half"
+    pairs = load_preferences(config.data, ties)  # validates every row before anything is trained
     if config.limit:
         pairs = pairs[: config.limit]
     if config.eval_data:
-        train, held_out = pairs, load_preferences(config.eval_data)
+        train, held_out = pairs, load_preferences(config.eval_data, ties)
     else:
         train, held_out = split_by_prompt(pairs, config.eval_fraction, config.seed)
     if not train:
@@ -219,19 +233,26 @@ def _prepare(config: RewardConfig):
 
 
 class _PairTask:
-    """The supervised loop's view of reward modelling: units are pairs, the loss their summed BT loss."""
+    """The supervised loop's view of reward modelling: units are pairs, the loss their summed BT loss
+    (a tied pair's: half a win each way). The accuracy stat counts a tied pair half, as chance would."""
 
-    def __init__(self, encoded, pad_id: int, margin: float):
-        self.encoded, self.pad_id, self.margin = encoded, pad_id, margin
+    def __init__(self, encoded, pad_id: int, margin: float, tie: list[bool]):
+        self.encoded, self.pad_id, self.margin, self.tie = encoded, pad_id, margin, tie
 
     def units(self, indices) -> int:
         return len(indices)
 
     def loss(self, model, indices):
-        from rlhfkit.objectives.preference import bradley_terry_loss
+        import torch
+
+        from rlhfkit.objectives.preference import bradley_terry_loss, bradley_terry_tie_loss
 
         rc, rr = pair_rewards(model, [self.encoded[i] for i in indices], self.pad_id)
-        return bradley_terry_loss(rc, rr, self.margin, reduction="sum"), {"accuracy": (rc > rr).sum().item()}
+        tie = torch.tensor([self.tie[i] for i in indices], device=rc.device)
+        loss = bradley_terry_loss(rc[~tie], rr[~tie], self.margin, reduction="sum")
+        if tie.any():
+            loss = loss + bradley_terry_tie_loss(rc[tie], rr[tie], reduction="sum")
+        return loss, {"accuracy": (rc > rr)[~tie].sum().item() + 0.5 * tie.sum().item()}
 
 
 def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
@@ -246,9 +267,13 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
     random.seed(config.seed)
     model, tokenizer = load_reward_backbone(config.model, config.seed)
     train_enc = encode_pairs(tokenizer, train, config.max_length, "training pairs")
-    eval_enc = encode_pairs(tokenizer, held_out, config.max_length, "held-out pairs") if held_out else []
+    decisive, tied = [p for p in held_out if not p.tie], [p for p in held_out if p.tie]
+    eval_enc = encode_pairs(tokenizer, decisive, config.max_length, "held-out pairs") if decisive else []
+    eval_tied = encode_pairs(tokenizer, tied, config.max_length, "held-out tied pairs") if tied else []
+    n_tied = sum(p.tie for p in train)
     print(
-        f"rlhfkit reward: {len(train_enc)} training pairs, {len(eval_enc)} held-out pairs, backbone {config.model}"
+        f"rlhfkit reward: {len(train_enc)} training pairs" + (f" ({n_tied} of them ties)" if n_tied else "")
+        + f", {len(eval_enc)} held-out pairs, backbone {config.model}"
         + ("" if eval_enc else " (no held-out split: --eval-fraction 0)")
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -259,7 +284,8 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
     loop = start_loop(model, plan, config, "reward")
     history = {"train": [], "eval": [], "out": str(out)}
     if eval_enc and loop.step == 0:
-        before = evaluate_pairs(loop.unwrapped, tokenizer, eval_enc, config.batch_size * 2, config.margin, autocast)
+        before = evaluate_pairs(loop.unwrapped, tokenizer, eval_enc, config.batch_size * 2, config.margin, autocast,
+                                eval_tied)
         print(f"before training: held-out loss {before['loss']:.4f}, accuracy {before['accuracy']:.1%}")
         loop._log(out / "metrics.jsonl", {"epoch": 0, "step": 0, **{f"eval/{k}": v for k, v in before.items()}})
 
@@ -268,14 +294,18 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> dict:
                f"accuracy {record['train/epoch_accuracy']:.1%}"
         extra = {}
         if eval_enc:
-            ev = evaluate_pairs(loop.unwrapped, tokenizer, eval_enc, config.batch_size * 2, config.margin, autocast)
+            ev = evaluate_pairs(loop.unwrapped, tokenizer, eval_enc, config.batch_size * 2, config.margin, autocast,
+                                eval_tied)
             extra = {f"eval/{k}": v for k, v in ev.items()}
             line += f" | held-out loss {ev['loss']:.4f}, accuracy {ev['accuracy']:.1%} ({ev['pairs']} pairs)"
+            if "tie_gap" in ev:
+                line += f", tied pairs' mean reward gap {ev['tie_gap']:.3f}"
         if loop.runtime.is_main_process:
             print(line, flush=True)
         return extra
 
-    for r in loop.fit(_PairTask(train_enc, tokenizer.pad_token_id, config.margin), after_epoch, progress):
+    task = _PairTask(train_enc, tokenizer.pad_token_id, config.margin, [p.tie for p in train])
+    for r in loop.fit(task, after_epoch, progress):
         history["train"].append({"epoch": r["epoch"], "loss": r["train/epoch_loss"],
                                  "accuracy": r["train/epoch_accuracy"], "seconds": r["seconds"]})
         if "eval/loss" in r:

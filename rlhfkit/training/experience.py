@@ -15,7 +15,9 @@ from rlhfkit.ops.kl import kl_estimate
 
 
 def process_scores(scores: torch.Tensor, responses, config, eos_id: int, score_stats, runtime) -> torch.Tensor:
-    """The EOS penalty, running normalisation (over every process's scores) and clipping of raw scores."""
+    """The cap, the EOS penalty, running normalisation (over every process's scores) and clipping of raw scores."""
+    if config.score_cap is not None:
+        scores = scores.clamp(max=config.score_cap)
     if config.missing_eos_penalty is not None:
         missing = torch.tensor([r[-1] != eos_id for r in responses])
         scores = scores - config.missing_eos_penalty * missing.float()

@@ -71,6 +71,10 @@ class _Method:
     kl_estimator: Literal["k1", "k2", "k3"] = option("k1", "per-token KL estimator: k1 = log p/q, k2 = (log p/q)^2/2, "
                                                            "k3 = non-negative, unbiased")
     # scores
+    score_cap: float | None = option(None, "cap raw scores at this value, before anything else (None = off): a "
+                                           "reply better than good enough earns nothing more, so the policy "
+                                           "is paid for fixing bad replies, not for converging on the reward "
+                                           "model's favourite one")
     normalize_scores: bool = option(False, "normalise scores with their running mean and std")
     score_clip: float | None = option(None, "clip (processed) scores to [-c, c] (None = off)")
     missing_eos_penalty: float | None = option(None, "subtract from the score of completions without EOS")
