@@ -186,7 +186,7 @@ def run_demo(config: DemoConfig) -> dict:
         stages.run("label", {"labeler": config.labeler, "tie_threshold": config.tie_threshold}, ("generate",), lambda f: _label(f, stages, config))
         rankings = stages.folder("label") / "rankings.jsonl"
     stages.run("reward", {"backbone": config.reward_backbone, "epochs": config.reward_epochs, "lr": config.reward_lr,
-                         "ties": config.reward_ties, "seed": config.seed},
+                         "seed": config.seed, **_unless_off(ties=(config.reward_ties, "drop"))},
                ("label",), lambda f: _reward(f, config, rankings))
     trained = []
     for method, reward in _method_stages(config, stages):
@@ -196,14 +196,15 @@ def run_demo(config: DemoConfig) -> dict:
             stages.run(method, settings, ("label",), lambda f: _dpo(f, config, rankings))
             trained.append(method)
             continue
+        cap = _score_cap(stages, config, rankings, reward)
         settings = {**common, "method": method, "reward": reward, "num_generations": config.num_generations,
                     "temperature": config.rollout_temperature,
                     **{k: getattr(config, k) for k in ("ppo_steps", "ppo_batch_size", "ppo_lr", "ppo_epochs",
-                                                       "init_kl_coef", "entropy_coef", "mixed_precision")},
-                    "score_cap": _score_cap(stages, config, rankings, reward)}
+                                                       "init_kl_coef", "mixed_precision")},
+                    **_unless_off(entropy_coef=(config.entropy_coef, 0.0), score_cap=(cap, None))}
         # PPO and the group methods see every training prompt, labelled or not
         stages.run(method, settings, ("reward",),
-                   lambda f, m=method, r=reward, cap=settings["score_cap"]: _online(f, config, train_prompts, m, r, cap))
+                   lambda f, m=method, r=reward, c=cap: _online(f, config, train_prompts, m, r, c))
         trained.append(method)
     stages.run("eval", {**common, "n": len(heldout), "samples": config.eval_samples, "methods": trained,
                         "temperature": config.eval_temperature, "top_p": config.eval_top_p,
@@ -411,6 +412,12 @@ def _method_table(result: dict, stages: Stages) -> list[dict]:
                      "score cap": _stage_settings(stages, method).get("score_cap"),
                      "train minutes": stages.timings.get(method, 0.0) / 60})
     return rows
+
+
+def _unless_off(**settings) -> dict:
+    """{name: value} for the settings (value, off) not at their off value: a setting added later stays out
+    of a stage's key while it is off, so run folders made before it existed are still reused."""
+    return {name: value for name, (value, off) in settings.items() if value != off}
 
 
 def _stage_settings(stages: Stages, stage: str) -> dict:
