@@ -236,8 +236,9 @@ class _PairTask:
     """The supervised loop's view of reward modelling: units are pairs, the loss their summed BT loss
     (a tied pair's: half a win each way). The accuracy stat counts a tied pair half, as chance would."""
 
-    def __init__(self, encoded, pad_id: int, margin: float, tie: list[bool]):
-        self.encoded, self.pad_id, self.margin, self.tie = encoded, pad_id, margin, tie
+    def __init__(self, encoded, pad_id: int, margin: float, tie: list[bool] | None = None):
+        self.encoded, self.pad_id, self.margin = encoded, pad_id, margin
+        self.tie = tie if tie is not None else [False] * len(encoded)
 
     def units(self, indices) -> int:
         return len(indices)
