@@ -163,6 +163,8 @@ def run_demo(config: DemoConfig) -> dict:
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     save_yaml(config, root / "config.yaml")
+    if not 0 < config.reward_cap <= 1:  # checked before any stage runs
+        raise UserError(f"--reward-cap {config.reward_cap}: a quantile in (0, 1], e.g. 0.5 (1 = no cap)")
     for method in config.method:
         if method not in ONLINE_METHODS + OFFLINE_METHODS:
             raise UserError(f"demo method {method!r}: choose from {', '.join(ONLINE_METHODS + OFFLINE_METHODS)}")
@@ -303,8 +305,6 @@ def _score_cap(stages: Stages, config: DemoConfig, rankings: Path, reward: str) 
     (quantile 1) or a direct reward."""
     import torch
 
-    if not config.reward_cap or not 0 < config.reward_cap <= 1:
-        raise UserError(f"--reward-cap {config.reward_cap}: a quantile in (0, 1], e.g. 0.5 (1 = no cap)")
     if config.reward_cap == 1 or reward != str(stages.folder("reward") / "model"):
         return None
     path = stages.folder("reward") / "reference_scores.json"

@@ -139,7 +139,8 @@ def test_compress_stage_adds_the_deployment_table_to_the_report(quick_run, capsy
     assert "Compression for deployment" in html and "Compression goals" in html
 
 
-def test_reward_cap_is_that_quantile_of_the_reward_models_scores_on_the_ranked_completions(quick_run, capsys):
+def test_reward_cap_is_that_quantile_of_the_reward_models_scores_on_the_ranked_completions(quick_run, capsys,
+                                                                                           tmp_path):
     """Last in this file: it retrains the quick run's PPO with a cap (the direct reward is never capped)."""
     import statistics
 
@@ -153,5 +154,7 @@ def test_reward_cap_is_that_quantile_of_the_reward_models_scores_on_the_ranked_c
     config = yaml.safe_load((quick_run / "ppo" / "config.yaml").read_text())
     assert config["score_cap"] == pytest.approx(statistics.median(scores), abs=1e-4)
     assert yaml.safe_load((quick_run / "ppo-direct" / "config.yaml").read_text())["score_cap"] is None
-    assert main(["demo", "--preset", "quick", "--out", str(quick_run), "--reward-cap", "1.5"]) == 2
-    assert "a quantile in (0, 1]" in capsys.readouterr().err
+    for bad in ("1.5", "0"):  # refused before any stage runs
+        assert main(["demo", "--preset", "quick", "--out", str(tmp_path / bad), "--reward-cap", bad]) == 2
+        assert "a quantile in (0, 1]" in capsys.readouterr().err
+        assert not (tmp_path / bad / "generate").exists()
