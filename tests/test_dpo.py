@@ -29,25 +29,68 @@ def _plain_logps(model, prompt, completion, seq2seq):
     return torch.log_softmax(logits.float(), -1)[torch.arange(len(completion)), torch.tensor(completion)]
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-t5"])
-def test_pair_logps_match_a_plain_per_example_loop(name):
+def _model_name(name, request):
+    return str(request.getfixturevalue("tiny_llama_dir")) if name == "tiny-llama" else name
+
+
+PROMPTS = [[5, 17, 33, 8, 9], [9, 3], [44, 21, 6], [9, 3]]  # the last repeats the second, as rankings' pairs do
+CHOSEN = [[41, 7, 2], [14, 88, 23, 51, 3], [3], [8, 8, 30]]
+REJECTED = [[60, 12], [70, 2, 19], [90, 15, 27, 4, 8, 1], [5]]
+
+
+@pytest.mark.parametrize("share_prompt", [False, True], ids=["concatenated", "shared-prompt"])
+@pytest.mark.parametrize("head", ["chunked", "logits"])
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-t5"])
+def test_pair_logps_match_a_plain_per_example_loop(name, head, share_prompt, monkeypatch, request):
+    """Every way through `pair_logps`, each prompt read once or with each completion, the LM head's logits
+    held or computed in chunks, gives the numbers of one unpadded example at a time."""
     from rlhfkit.models import load_policy
+    from rlhfkit.models import sequences
     from rlhfkit.models.sequences import pair_logps
 
-    policy = load_policy(name, verbose=False)
+    policy = load_policy(_model_name(name, request), verbose=False)
     model = policy.model.eval()
-    prompts = [[5, 17, 33, 8, 9], [9, 3], [44, 21, 6]]
-    chosen = [[41, 7, 2], [14, 88, 23, 51, 3], [3]]
-    rejected = [[60, 12], [70, 2, 19], [90, 15, 27, 4, 8, 1]]
+    if head == "logits":
+        monkeypatch.setattr(sequences, "plain_head", lambda model, inputs: None)
+    else:
+        assert sequences.plain_head(model, {"input_ids": torch.tensor([[5, 6]])} if not policy.seq2seq else
+                                    {"input_ids": torch.tensor([[5, 6]]), "decoder_input_ids": torch.tensor([[0]])})
     with torch.no_grad():
-        c, r = pair_logps(model, prompts, chosen, rejected, policy.tokenizer.pad_token_id)
-        for out, completions in ((c, chosen), (r, rejected)):
+        c, r = pair_logps(model, PROMPTS, CHOSEN, REJECTED, policy.tokenizer.pad_token_id, share_prompt=share_prompt)
+        for out, completions in ((c, CHOSEN), (r, REJECTED)):
             assert out.tokens.tolist() == [len(x) for x in completions]
-            for i, (p, x) in enumerate(zip(prompts, completions)):
+            for i, (p, x) in enumerate(zip(PROMPTS, completions)):
                 plain = _plain_logps(model, p, x, policy.seq2seq)
                 torch.testing.assert_close(out.per_token[i, :len(x)], plain, rtol=1e-5, atol=1e-5)
                 assert out.sums[i].item() == pytest.approx(plain.sum().item(), abs=1e-4)
                 assert (out.per_token[i, len(x):] == 0).all()
+                logits = (model(input_ids=torch.tensor([p]), labels=torch.tensor([x])).logits[0] if policy.seq2seq
+                          else model(input_ids=torch.tensor([p + x])).logits[0, len(p) - 1:-1])
+                assert out.logit_sums[i].item() == pytest.approx(logits.mean(-1).sum().item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-t5"])
+def test_a_shared_prompt_pass_gives_the_concatenated_pass_gradients(name, request):
+    """The gradient flows back through the copied KV cache (encoder output) into the one prompt pass:
+    every parameter's gradient equals the concatenated pass's, LoRA or not."""
+    from rlhfkit.models import load_policy
+    from rlhfkit.models.loading import add_lora
+    from rlhfkit.models.sequences import pair_logps
+
+    policy = load_policy(_model_name(name, request), verbose=False)
+    grads = {}
+    for lora in (False, True):
+        model = policy.model if not lora else add_lora(policy.model, {"r": 4, "alpha": 8}, policy.seq2seq)
+        model.eval()
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        for share in (False, True):
+            model.zero_grad()
+            c, r = pair_logps(model, PROMPTS, CHOSEN, REJECTED, policy.tokenizer.pad_token_id, share_prompt=share)
+            ((c.sums - 0.5 * r.sums) * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum().backward()
+            grads[lora, share] = {n: p.grad.clone() for n, p in params if p.grad is not None}
+        assert grads[lora, True].keys() == grads[lora, False].keys() and grads[lora, False]
+        for n, g in grads[lora, False].items():
+            torch.testing.assert_close(grads[lora, True][n], g, rtol=1e-4, atol=1e-5 * g.abs().max().item(), msg=n)  # fp32 rounding
 
 
 def test_adapters_off_reference_equals_a_frozen_copy_of_the_base():

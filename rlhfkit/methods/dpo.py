@@ -65,6 +65,9 @@ class DPOConfig(OptimFields, LoraFields):
                                          "compare the same function, not two noisy draws")
     gradient_checkpointing: bool = option(False, "recompute layer activations in the backward pass: less memory, "
                                                  "about a third more compute")
+    share_prompt: bool = option(True, "read each prompt once for all its completions (chosen and rejected on copies "
+                                      "of one KV cache or encoder output): the same numbers, fewer tokens; not "
+                                      "with --gradient-checkpointing, which drops the cache")
     merge: bool = option(False, "with --lora: save the merged model instead of the adapter")
     limit: int | None = option(None, "use only the first N pairs (kto: examples)")
     log_every: int = option(10, "write a metrics line every N steps")
@@ -83,6 +86,10 @@ class DPOConfig(OptimFields, LoraFields):
     @property
     def unpaired(self) -> bool:
         return self.loss_type == ["kto"]
+
+    @property
+    def shares_prompt(self) -> bool:
+        return self.share_prompt and not self.gradient_checkpointing
 
     @property
     def needs_reference(self) -> bool:
@@ -149,8 +156,8 @@ def load_training_data(config: DPOConfig):
 class _RefSource:
     """The reference's summed log-probs: from a precomputed cache, or a forward of the Reference."""
 
-    def __init__(self, reference, pad_id: int):
-        self.reference, self.pad_id = reference, pad_id
+    def __init__(self, reference, pad_id: int, share_prompt: bool = False):
+        self.reference, self.pad_id, self.share_prompt = reference, pad_id, share_prompt
         self.cache: dict[tuple, float] = {}
 
     def logps(self, prompts, completions):
@@ -165,7 +172,8 @@ class _RefSource:
                 raise RuntimeError(f"{len(missing)} sequences have no precomputed reference log-probs")
             return torch.tensor([self.cache[k] for k in keys])
         with torch.no_grad(), self.reference.active():
-            return completion_logps(self.reference.network, prompts, completions, self.pad_id, with_logits=False).sums
+            return completion_logps(self.reference.network, prompts, completions, self.pad_id, with_logits=False,
+                                    share_prompt=self.share_prompt).sums
 
     def precompute(self, prompts, completions, batch_size: int, progress: bool) -> None:
         """Fill the cache, then drop the reference network (nothing but the numbers is kept)."""
@@ -209,7 +217,7 @@ class PairTask:
         if self._step is None:
             self.before_step(model, indices, None)
         pairs, chosen_tokens, rejected_tokens = self._step
-        c, r = pair_logps(model, prompts, chosen, rejected, self.pad_id)
+        c, r = pair_logps(model, prompts, chosen, rejected, self.pad_id, share_prompt=self.config.shares_prompt)
         ref_c = ref_r = None
         if self.ref is not None:
             ref = self.ref.logps(prompts + prompts, chosen + rejected).to(c.sums.device)
@@ -394,7 +402,7 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> dict:
             from rlhfkit.models.reference import Reference
 
             reference = Reference.adapters_off(loop.unwrapped)
-        ref = _RefSource(reference.to(loop.runtime.device), pad_id)
+        ref = _RefSource(reference.to(loop.runtime.device), pad_id, config.shares_prompt)
         if config.precompute_ref:
             items = train_enc + eval_enc
             if config.unpaired:

@@ -188,11 +188,9 @@ def decode_cache_name(model, extra: dict) -> str | None:
     """The name of the cache keyword when `_decode` can sample for this causal model, else None
     (then `generate()` does): transformers' default dynamic cache, no extra `generate()` keywords,
     no logits processor configured in the model's generation_config."""
-    base = unwrap_peft(model)
-    params = inspect.signature(base.forward).parameters
-    name = next((k for k in ("cache", "past_key_values") if k in params), None)
-    config = getattr(base, "generation_config", None)
-    if name is None or "position_ids" not in params or extra or getattr(config, "cache_implementation", None):
+    name = cache_keyword(model)
+    config = getattr(unwrap_peft(model), "generation_config", None)
+    if name is None or extra or getattr(config, "cache_implementation", None):
         return None
     if any(getattr(config, k, None) not in (default, None, []) for k, default in _PROCESSOR_FIELDS.items()):
         return None
@@ -233,6 +231,23 @@ def _last_logits_only(model) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(unwrap_peft(model).forward).parameters else {}
 
 
+def cache_keyword(model) -> str | None:
+    """The keyword a causal model takes its KV cache by ("past_key_values", or "cache" in newer
+    transformers), or None when it takes none or no `position_ids`."""
+    params = inspect.signature(unwrap_peft(model).forward).parameters
+    name = next((k for k in ("cache", "past_key_values") if k in params), None)
+    return name if name is not None and "position_ids" in params else None
+
+
+def new_cache(model, device):
+    """An empty dynamic KV cache for `model`; under autocast one that keeps keys in the autocast dtype
+    (`_KeysAsValues`, as `_autocast_kv_cache`)."""
+    from transformers import DynamicCache
+
+    cache_class = _keys_as_values_caches()[0] if torch.is_autocast_enabled(torch.device(device).type) else DynamicCache
+    return cache_class(config=unwrap_peft(model).config.get_text_config(decoder=True))
+
+
 def prefill_once(model, ids, mask, n: int, cache_name: str):
     """Read each distinct row of a left-padded causal batch once, for `n` samples per row.
 
@@ -240,9 +255,6 @@ def prefill_once(model, ids, mask, n: int, cache_name: str):
     response token) [B*n, V], the KV cache with one row per sample, and the
     attention mask [B*n, T], rows in the order of `ids` repeated `n` times each.
     """
-    from transformers import DynamicCache
-
-    base = unwrap_peft(model)
     rows = [tuple(r) for r in torch.cat([ids, mask], dim=1).tolist()]
     distinct = list(dict.fromkeys(rows))
     keep = torch.tensor([rows.index(row) for row in distinct], device=ids.device)  # each one's first row
@@ -250,9 +262,7 @@ def prefill_once(model, ids, mask, n: int, cache_name: str):
     expand = torch.tensor([which[row] for row in rows], device=ids.device).repeat_interleave(n)
     head_mask = mask[keep]
     positions = (head_mask.cumsum(-1) - 1).masked_fill(head_mask == 0, 0)  # as generate() numbers left-padded rows
-    autocast = torch.is_autocast_enabled(ids.device.type)
-    cache_class = _keys_as_values_caches()[0] if autocast else DynamicCache  # bf16 keys, as `_autocast_kv_cache`
-    cache = cache_class(config=base.config.get_text_config(decoder=True))
+    cache = new_cache(model, ids.device)
     logits = model(input_ids=ids[keep], attention_mask=head_mask, position_ids=positions, use_cache=True,
                    **_last_logits_only(model), **{cache_name: cache}).logits[:, -1]
     cache.batch_select_indices(expand)

@@ -16,12 +16,15 @@ same prompts into one forward (`pair_logps`), as TRL's concatenated forward does
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from rlhfkit.models.forward import decoder_start_id, make_batch
-from rlhfkit.ops.logprobs import logprobs_from_logits
+from rlhfkit.models.generation import cache_keyword, new_cache, pad
+from rlhfkit.models.head import head_inputs, plain_head
+from rlhfkit.ops.logprobs import linear_logprobs, logprobs_from_logits
 
 
 @dataclass
@@ -55,33 +58,108 @@ def is_encoder_decoder(model) -> bool:
 
 
 def completion_logps(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
-                     with_logits: bool = True) -> SequenceLogps:
-    """Per-token log-probs of each completion given its prompt, in one forward pass (see the module docstring).
+                     with_logits: bool = True, share_prompt: bool = False) -> SequenceLogps:
+    """Per-token log-probs of each completion given its prompt (see the module docstring).
 
-    Gradients flow when called with grad enabled. `with_logits=False` skips the logits metric."""
+    Gradients flow when called with grad enabled. `with_logits=False` skips the logits metric.
+    `share_prompt` reads each distinct prompt once (`_shared_prompt_pass`): the same numbers with
+    fewer tokens; not under activation checkpointing, which drops the KV cache it needs."""
     inner = _inner(model)
     seq2seq = is_encoder_decoder(inner)
     device = next(inner.parameters()).device
-    batch = make_batch(prompts, completions, pad_id, seq2seq, decoder_start_id(inner) if seq2seq else None, device)
-    kwargs = dict(batch.inputs, use_cache=False)
-    if not seq2seq:
-        kwargs["logits_to_keep"] = batch.width
-    logits = model(**kwargs).logits
-    logits = logits[:, -batch.width:] if logits.shape[1] != batch.width else logits
-    per_token = logprobs_from_logits(logits, batch.responses)
-    mask = batch.mask.to(per_token.dtype)
+    if any(len(c) == 0 for c in completions):
+        raise ValueError("empty completion: every completion needs at least one token (e.g. the EOS)")
+    probe = make_batch(prompts[:1], [completions[0][:2]], pad_id, seq2seq,
+                       decoder_start_id(inner) if seq2seq else None, device)
+    head = plain_head(model, dict(probe.inputs, use_cache=False))
+    shared = share_prompt and len(set(map(tuple, prompts))) < len(prompts)
+    if shared and (seq2seq or cache_keyword(inner) is not None):
+        out, responses, mask = _shared_prompt_pass(model, prompts, completions, pad_id, device, seq2seq, head)
+    else:
+        batch = make_batch(prompts, completions, pad_id, seq2seq, decoder_start_id(inner) if seq2seq else None, device)
+        kwargs = dict(batch.inputs, use_cache=False)
+        if not seq2seq:
+            kwargs["logits_to_keep"] = batch.width
+        with _reading(model, head) as read:
+            out = read(model(**kwargs))
+        out = out[:, -batch.width:] if out.shape[1] != batch.width else out
+        responses, mask = batch.responses, batch.mask
+    if head is not None:  # `out` is the head's input: log-probs a row chunk of logits at a time
+        per_token, _ = linear_logprobs(out, head.weight, head.bias, responses)
+    else:
+        per_token = logprobs_from_logits(out, responses)
+    mask = mask.to(per_token.dtype)
     if with_logits:
         with torch.no_grad():
-            logit_sums = (logits.detach().float().mean(-1) * mask).sum(-1)
+            mean_logit = (out.detach().float() @ head.weight.float().mean(0)
+                          + (head.bias.float().mean() if head.bias is not None else 0.0)
+                          if head is not None else out.detach().float().mean(-1))
+            logit_sums = (mean_logit * mask).sum(-1)
     else:
         logit_sums = torch.zeros(mask.shape[0], device=mask.device)
     return SequenceLogps(per_token * mask, mask, logit_sums)
 
 
+@contextlib.contextmanager
+def _reading(model, head):
+    """Yields `read(output)`: the output's logits, or with `head` the input the (skipped) head would have
+    read at the same positions."""
+    if head is None:
+        yield lambda output: output.logits
+        return
+    with head_inputs(head) as seen:
+        yield lambda output: seen[-1]
+
+
+def _shared_prompt_pass(model, prompts, completions, pad_id: int, device, seq2seq: bool, head):
+    """Logits (or head inputs) [N, R, .] predicting each completion, reading each distinct prompt once.
+
+    Causal: the distinct prompts (left-padded) fill a KV cache whose rows are then copied to every
+    completion of their prompt, which reads only its own tokens on its copy; positions and the
+    attention mask are those of the concatenated pass (`make_batch`), so the numbers are the same
+    (tested), and gradients flow back through the copies into the one prompt pass. Seq2seq: the
+    encoder reads each distinct prompt once and its output is copied to the decoder rows. With
+    chosen and rejected of one prompt that halves the prompt tokens; rankings' pairs share more.
+    """
+    distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+    which = {p: j for j, p in enumerate(distinct)}
+    expand = torch.tensor([which[tuple(p)] for p in prompts], device=device)
+    responses, mask = pad(completions, pad_id, side="right", device=device)
+    inner = _inner(model)
+    with _reading(model, head) as read:
+        if seq2seq:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            ids, attn = pad(distinct, pad_id, side="right", device=device)
+            encoded = inner.get_encoder()(input_ids=ids, attention_mask=attn, return_dict=True).last_hidden_state
+            dec, dec_mask = pad([[decoder_start_id(inner)] + list(c[:-1]) for c in completions], pad_id,
+                                side="right", device=device)
+            out = read(model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded[expand]),
+                             attention_mask=attn[expand], decoder_input_ids=dec, decoder_attention_mask=dec_mask,
+                             use_cache=False))
+            return out, responses, mask
+        name = cache_keyword(inner)
+        ids, attn = pad(distinct, pad_id, side="left", device=device)
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        cache = new_cache(inner, device)
+        first = read(model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
+                           logits_to_keep=1, **{name: cache}))[:, -1:]
+        cache.batch_select_indices(expand)
+        out, attn = first[expand], attn[expand]
+        if responses.shape[1] > 1:  # every completion token but the last predicts the next one
+            position = attn.sum(-1, keepdim=True) + torch.arange(responses.shape[1] - 1, device=device)
+            rest = read(model(input_ids=responses[:, :-1], attention_mask=torch.cat([attn, mask[:, :-1]], dim=1),
+                              position_ids=position, use_cache=True, **{name: cache}))
+            out = torch.cat([out, rest], dim=1)
+    return out, responses, mask
+
+
 def pair_logps(model, prompts: list[list[int]], chosen: list[list[int]], rejected: list[list[int]], pad_id: int,
-               with_logits: bool = True) -> tuple[SequenceLogps, SequenceLogps]:
-    """(chosen, rejected) log-probs of preference pairs, both halves in one forward pass."""
-    out = completion_logps(model, list(prompts) + list(prompts), list(chosen) + list(rejected), pad_id, with_logits)
+               with_logits: bool = True, share_prompt: bool = False) -> tuple[SequenceLogps, SequenceLogps]:
+    """(chosen, rejected) log-probs of preference pairs, both halves in one pass (with `share_prompt`,
+    each prompt read once for both)."""
+    out = completion_logps(model, list(prompts) + list(prompts), list(chosen) + list(rejected), pad_id, with_logits,
+                           share_prompt)
     return out.split()
 
 

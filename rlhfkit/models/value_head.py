@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlhfkit.models.head import head_skipped
+
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -95,7 +97,7 @@ class ModelWithValueHead(nn.Module):
         if logits_to_keep and self._keeps_logits and not self.is_encoder_decoder:
             inputs["logits_to_keep"] = logits_to_keep
         self._hidden = None
-        with contextlib.nullcontext() if with_logits else _head_skipped(self.lm_head()):
+        with contextlib.nullcontext() if with_logits else head_skipped(self.lm_head()):
             out = self.pretrained_model(**inputs, use_cache=False, return_dict=True)
         logits, hidden = out.logits, self._hidden
         self._hidden = None
@@ -147,17 +149,3 @@ class ModelWithValueHead(nn.Module):
         self.pretrained_model.save_pretrained(str(folder), **kwargs)
         if with_value_head:
             self.save_value_head(folder)
-
-
-@contextlib.contextmanager
-def _head_skipped(head: nn.Module):
-    """Within: `head` returns an empty [.., 0] tensor instead of logits (its hooks still run)."""
-    own = head.__dict__.get("forward")  # an instance-level forward (accelerate hooks) to put back
-    head.forward = lambda hidden, *args, **kwargs: hidden.new_empty(*hidden.shape[:-1], 0)
-    try:
-        yield
-    finally:
-        if own is None:
-            del head.forward
-        else:
-            head.forward = own
