@@ -158,6 +158,7 @@ class Stages:
 
 def run_demo(config: DemoConfig) -> dict:
     from rlhfkit.data import load_prompts
+    from rlhfkit.demo_report import write_demo_report
 
     config = resolve_preset(config)
     root = Path(config.output_dir)
@@ -217,7 +218,7 @@ def run_demo(config: DemoConfig) -> dict:
         stages.run("compress", {"suite": asdict(suite), "teacher": trained[0]}, (trained[0],),
                    lambda f: _compress(f, stages, trained[0], suite))
     stages.run("report", {"compress": config.compress}, ("eval",) + (("compress",) if config.compress else ()),
-               lambda f: _report(f, stages, config, trained))
+               lambda f: write_demo_report(f, stages, config, trained))
     result = json.loads((stages.folder("eval") / "eval.json").read_text())
     from rlhfkit.evaluation.summary import format_summary
 
@@ -256,7 +257,8 @@ def _use_feedback(stages: Stages, config: DemoConfig) -> Path:
 
 
 def _generate(folder: Path, config: DemoConfig, prompts) -> None:
-    from rlhfkit.data import prompt_to_json, write_jsonl
+    from rlhfkit.datafiles import write_jsonl
+    from rlhfkit.data import prompt_to_json
     from rlhfkit.models.generation import GenerationSettings, generate_completions
     from rlhfkit.models import load_policy
 
@@ -271,7 +273,7 @@ def _generate(folder: Path, config: DemoConfig, prompts) -> None:
 
 
 def _label(folder: Path, stages: Stages, config: DemoConfig) -> None:
-    from rlhfkit.data import write_jsonl
+    from rlhfkit.datafiles import write_jsonl
     from rlhfkit.labeling import _read_completion_rows, script_label
 
     rows = _read_completion_rows(stages.folder("generate") / "completions.jsonl")
@@ -378,56 +380,10 @@ def _evaluate(folder: Path, stages: Stages, config: DemoConfig, prompts, methods
     save_json(result, folder / "eval.json")
 
 
-def _report(folder: Path, stages: Stages, config: DemoConfig, methods: list[str]) -> None:
-    from rlhfkit.evaluation.summary import format_summary
-    from rlhfkit.evaluation.report import write_report
-
-    result = json.loads((stages.folder("eval") / "eval.json").read_text())
-    reward = json.loads((stages.folder("reward") / "reward_result.json").read_text())
-    timings = {stage: round(seconds, 1) for stage, seconds in stages.timings.items()}
-    write_report(
-        folder, title=f"rlhfkit demo ({config.preset}): detoxifying {config.policy}", evaluation=result,
-        metrics=stages.folder(methods[0]) / "metrics.jsonl", config=asdict(config), summary_text=format_summary(result),
-        extra_sections=[("Methods (held-out, paired against before)", _method_table(result, stages)),
-                        ("Reward model", _reward_summary(reward)), *_compress_sections(stages, config, methods),
-                        ("Stage times (seconds)", timings)],
-    )
-    # The report at the top of the run folder, where people look first.
-    (stages.root / "report.html").write_bytes((folder / "report.html").read_bytes())
-
-
-def _method_table(result: dict, stages: Stages) -> list[dict]:
-    """One row per trained method: toxicity change with its CI, KL, reply quality, training minutes."""
-    rows = []
-    for method, name in (result.get("methods") or {}).items():
-        c = result["changes"][name]["toxicity"]
-        quality, kl = result["lengths"][name], result["kl"].get(name, {})
-        worst = ((result.get("expected_max") or {}).get("changes") or {}).get(name, {}).get("toxicity", {})
-        rows.append({"method": method, "model": name, "toxicity before": c["before_mean"], "after": c["after_mean"],
-                     "relative change": c["relative_change"], "CI low": c["relative_change_ci"][0],
-                     "CI high": c["relative_change_ci"][1],
-                     "expected max change": worst.get("relative_change"), "KL (nats)": kl.get("mean"),
-                     "mean words": quality.get("mean_words"), "distinct-2": quality.get("distinct_2"),
-                     "top reply share": quality.get("top_reply_share"),
-                     "score cap": _stage_settings(stages, method).get("score_cap"),
-                     "train minutes": stages.timings.get(method, 0.0) / 60})
-    return rows
-
-
 def _unless_off(**settings) -> dict:
     """{name: value} for the settings (value, off) not at their off value: a setting added later stays out
     of a stage's key while it is off, so run folders made before it existed are still reused."""
     return {name: value for name, (value, off) in settings.items() if value != off}
-
-
-def _stage_settings(stages: Stages, stage: str) -> dict:
-    marker = stages.folder(stage) / "stage.json"
-    return json.loads(marker.read_text()).get("settings", {}) if marker.exists() else {}
-
-
-def _reward_summary(result: dict) -> list[dict]:
-    return [{"epoch": i + 1, **{k: v for k, v in e.items() if isinstance(v, (int, float))}}
-            for i, e in enumerate(result.get("eval") or [])]
 
 
 # ---------------------------------------------------------------- compression (--compress)
@@ -447,17 +403,3 @@ def _compress(folder: Path, stages: Stages, method: str, suite) -> None:
     from rlhfkit.methods.compress import run_suite
 
     run_suite(str(stages.folder(method) / "model"), folder, suite)
-
-
-def _compress_sections(stages: Stages, config: DemoConfig, methods: list[str]) -> list:
-    if not config.compress:
-        return []
-    from rlhfkit.compression.measure import table_rows
-
-    folder = stages.folder("compress")
-    rows = json.loads((folder / "metrics.json").read_text())["rows"]
-    goals = json.loads((folder / "goals.json").read_text())
-    notes = [{"goal": g["goal"], "measured": g["measured"], "met": "yes" if g["met"] else "no"} for g in goals["goals"]]
-    notes += [{"goal": k, "measured": "skipped", "met": v} for k, v in goals["skipped"].items()]
-    return [(f"Compression for deployment ({methods[0]}'s model as the teacher; {folder / 'report.html'})",
-             table_rows(rows)), ("Compression goals", notes)]

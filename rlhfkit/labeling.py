@@ -108,7 +108,7 @@ def script_label(rows, source, noise: float = 0.0, tie_threshold: float = 0.0, s
 
 
 def run_script(config: ScriptLabelConfig) -> int:
-    from rlhfkit.data import write_jsonl
+    from rlhfkit.datafiles import write_jsonl
 
     if not config.input:
         raise UserError("no completions file; pass --in FILE.jsonl (as written by `rlhfkit generate`)")

@@ -51,7 +51,8 @@ def _tiny(seed):
 def _ours(name, policy_dir, ref_dir):
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.methods.dpo import DPOConfig, EncodedExample, EncodedPair, KTOTask, PairTask, _RefSource
+    from rlhfkit.methods.dpo import DPOConfig, EncodedExample, EncodedPair, KTOTask, PairTask
+    from rlhfkit.methods.dpo_tasks import ReferenceLogps
     from rlhfkit.models.reference import Reference
 
     _, _, fields = CASES[name]
@@ -61,7 +62,7 @@ def _ours(name, policy_dir, ref_dir):
     ref = None
     if config.needs_reference:
         ref_model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32, attn_implementation="eager")
-        ref = _RefSource(Reference.given(ref_model), 0)
+        ref = ReferenceLogps(Reference.given(ref_model), 0)
     if config.unpaired:
         examples = [EncodedExample(p, c, lab) for p, c, lab in zip(KTO["prompts"], KTO["completions"], KTO["labels"])]
         task, n = KTOTask(examples, 0, config, ref), len(examples)

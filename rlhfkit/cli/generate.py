@@ -20,7 +20,8 @@ class GenerateConfig(SamplingFields):
 
 
 def run_generate(config: GenerateConfig) -> int:
-    from rlhfkit.data import load_prompts, prompt_to_json, write_jsonl
+    from rlhfkit.datafiles import write_jsonl
+    from rlhfkit.data import load_prompts, prompt_to_json
     from rlhfkit.errors import UserError
     from rlhfkit.models.generation import GenerationSettings, generate_completions
     from rlhfkit.models import load_policy

@@ -80,7 +80,7 @@ def _questions(config: AskConfig) -> list[str]:
         return [config.question]
     if not config.questions:
         raise UserError('no question; run: rlhfkit rag ask "your question" (or --questions FILE)')
-    from rlhfkit.data import read_records
+    from rlhfkit.datafiles import read_records
 
     out = []
     for row, rec in read_records(config.questions):
@@ -127,7 +127,7 @@ def run_ask(config: AskConfig) -> int:
 
 
 def run_eval(config: EvalConfig) -> int:
-    from rlhfkit.data import write_jsonl
+    from rlhfkit.datafiles import write_jsonl
     from rlhfkit.rag.answering import Answerer, Retriever
     from rlhfkit.rag.evaluation import evaluate_qa, load_qa
 

@@ -201,7 +201,7 @@ def heldout_text_ids(tokenizer, path: str | None, chunks: int, chunk_tokens: int
     if path:
         p = Path(path)
         if p.suffix in (".jsonl", ".json", ".csv", ".tsv") or p.is_dir():
-            from rlhfkit.data import read_records
+            from rlhfkit.datafiles import read_records
 
             text = "\n\n".join(str(r.get("text") or r.get("completion") or r.get("prompt") or "")
                                for _, r in read_records(p))

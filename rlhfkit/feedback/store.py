@@ -25,87 +25,21 @@ same code is correct on both databases:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import random
 import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
-from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, bindparam,
-                        case, create_engine, delete, event, exists, func, insert, or_, select, union, update)
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy import JSON, bindparam, case, delete, exists, func, insert, or_, select, union, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import sessionmaker
 
 from rlhfkit.errors import UserError
-
-KINDS = ("rank", "skip", "all_bad")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)  # naive UTC: SQLite keeps no zone
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()  # only hashes are stored
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Item(Base):
-    __tablename__ = "items"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(64), unique=True)  # content hash: re-import adds nothing
-    prompt: Mapped[object] = mapped_column(JSON)  # text, or a list of chat messages
-    meta: Mapped[dict] = mapped_column(JSON, default=dict)  # extra keys of the input row
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    completions: Mapped[list["Completion"]] = relationship(order_by="Completion.position", lazy="selectin")
-
-
-class Completion(Base):
-    __tablename__ = "completions"
-    __table_args__ = (UniqueConstraint("item_id", "position"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
-    position: Mapped[int] = mapped_column(Integer)  # index in the imported row
-    text: Mapped[str] = mapped_column(Text)
-
-
-class Annotator(Base):
-    __tablename__ = "annotators"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(16), default="annotator")  # or "admin"
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-
-
-class Assignment(Base):
-    __tablename__ = "assignments"
-    __table_args__ = (UniqueConstraint("item_id", "annotator_id"), UniqueConstraint("item_id", "slot"))
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
-    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
-    slot: Mapped[int] = mapped_column(Integer)
-    assigned_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    done: Mapped[bool] = mapped_column(Boolean, default=False)
-
-
-class Label(Base):
-    __tablename__ = "labels"
-    __table_args__ = (UniqueConstraint("item_id", "annotator_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
-    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # rank | skip | all_bad
-    ranks: Mapped[list | None] = mapped_column(JSON, nullable=True)  # per completion position; None for skip
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-
+from rlhfkit.feedback.engine import WRITE, make_engine, safe_url
+from rlhfkit.feedback.schema import (KINDS, Annotator, Assignment, Base, Completion, Item, Label, hash_token, item_key,
+                                     utcnow)
 
 # ---------------------------------------------------------------- the statements of the hot path
 # Built once, with bind parameters: building a statement costs more Python time than running it
@@ -190,58 +124,6 @@ class Who:
     id: int
     name: str
     role: str
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password hidden, for messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparsable URL>"
-
-
-# Connections kept open: about one per concurrently served request (the server runs up to 40 at
-# once), so that a busy server does not open and close a PostgreSQL connection (a SCRAM handshake
-# and a backend process) per request, as overflow connections beyond the pool are.
-POOL = 20
-
-
-def make_engine(url: str):
-    try:
-        u = make_url(url)
-    except ArgumentError:
-        raise UserError(f"--db {url!r} is not a database URL; use e.g. sqlite:///feedback.db "
-                        "or postgresql://user:password@host/dbname") from None
-    if u.drivername == "postgresql":
-        u = u.set(drivername="postgresql+psycopg")  # psycopg 3 is the installed driver
-    if u.get_backend_name() != "sqlite":
-        return create_engine(u, pool_pre_ping=True, pool_size=POOL, max_overflow=POOL)
-    engine = create_engine(u, pool_size=POOL, max_overflow=POOL, connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves, below
-        cur = dbapi_conn.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000"):
-            cur.execute(f"PRAGMA {pragma}")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        # Writes take the write lock up front (IMMEDIATE): a deferred transaction that reads and
-        # then writes can fail with "database is locked" instead of waiting. Reads stay deferred:
-        # under WAL they see a snapshot and neither wait for nor block the writer.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
-
-    return engine
-
-
-WRITE = "rlhfkit_write"  # execution option of the connections `Store.write()` uses
-
-
-def item_key(prompt, completions) -> str:
-    """Content hash of an imported row: importing the same row again adds nothing."""
-    return hashlib.sha256(json.dumps([prompt, completions], sort_keys=True).encode()).hexdigest()
 
 
 class Store:

@@ -70,7 +70,8 @@ class DistillConfig(OptimFields):
 
 def load_distill_rows(path) -> list[tuple[object, str | None]]:
     """(prompt, completion or None) per row."""
-    from rlhfkit.data import maybe_json, parse_prompt, parse_text, read_records
+    from rlhfkit.datafiles import read_records
+    from rlhfkit.data import maybe_json, parse_prompt, parse_text
 
     records = read_records(path)
     if not records:
@@ -244,7 +245,7 @@ def train_distill(config: DistillConfig, progress: bool = True, teacher_source=N
 
     from rlhfkit.compression.source import load_source, save_plain
     from rlhfkit.config import save_yaml
-    from rlhfkit.data import write_jsonl
+    from rlhfkit.datafiles import write_jsonl
     from rlhfkit.methods.sft import SFTExample, encode_examples
     from rlhfkit.models.generation import GenerationSettings, encode_prompts
     from rlhfkit.training.supervised import LoopSettings, SupervisedLoop, shuffled_plan

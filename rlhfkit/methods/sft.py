@@ -54,7 +54,7 @@ class SFTExample:
 
 def load_sft_rows(path) -> list[SFTExample]:
     """SFT rows from a file, each validated; a bad row stops with a DataError naming it."""
-    from rlhfkit.data import read_records
+    from rlhfkit.datafiles import read_records
 
     records = read_records(path)
     if not records:

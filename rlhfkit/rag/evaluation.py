@@ -46,7 +46,7 @@ class QAItem:
 
 
 def load_qa(path: str | Path) -> list[QAItem]:
-    from rlhfkit.data import read_records
+    from rlhfkit.datafiles import read_records
 
     items = []
     for row, rec in read_records(path):

@@ -138,7 +138,7 @@ class VectorStore:
 
 
 def safe_url(url: str) -> str:
-    from rlhfkit.feedback.store import safe_url as _safe
+    from rlhfkit.feedback.engine import safe_url as _safe
 
     return _safe(url) if "://" in url else url
 

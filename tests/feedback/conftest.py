@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from rlhfkit.feedback.store import Base, Store
+from rlhfkit.feedback.schema import Base
+from rlhfkit.feedback.store import Store
 
 PG_ENV = "RLHFKIT_TEST_PG_URL"
 

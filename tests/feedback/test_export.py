@@ -6,8 +6,10 @@ from datetime import timedelta
 import pytest
 
 from rlhfkit import data
+from rlhfkit.datafiles import write_jsonl
 from rlhfkit.feedback.cli import main
-from rlhfkit.feedback.store import Annotator, Store, Who
+from rlhfkit.feedback.schema import Annotator
+from rlhfkit.feedback.store import Store, Who
 
 CHAT = [{"role": "user", "content": "B?"}]
 GENERATED = [
@@ -29,7 +31,7 @@ LABELS = {
 @pytest.fixture
 def labelled(tmp_path, db_url):
     gen = tmp_path / "gen.jsonl"
-    data.write_jsonl(gen, GENERATED)
+    write_jsonl(gen, GENERATED)
     assert main(["import", str(gen), "--db", db_url]) == 0
     assert main(["import", str(gen), "--db", db_url]) == 0  # again: nothing added
     store = Store(db_url)
@@ -109,7 +111,7 @@ def test_stats_and_add_annotator_commands(labelled, capsys):
 ])
 def test_bad_import_is_a_one_line_user_error(tmp_path, sqlite_url, capsys, row, problem):
     gen = tmp_path / "gen.jsonl"
-    data.write_jsonl(gen, [{"prompt": "ok", "completions": ["x", "y"]}, row])
+    write_jsonl(gen, [{"prompt": "ok", "completions": ["x", "y"]}, row])
     assert main(["import", str(gen), "--db", sqlite_url]) == 2
     err = capsys.readouterr().err
     assert problem in err and "row 2" in err and len(err.strip().splitlines()) == 1

@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 
 from rlhfkit import data
+from rlhfkit.datafiles import write_jsonl
 from rlhfkit.feedback.cli import main
 from rlhfkit.feedback.store import Store
 
@@ -56,7 +57,7 @@ def test_a_nul_character_is_refused_with_its_row_on_both_databases(tmp_path, db_
     elif where == "message":
         row = {"messages": [{"role": "user", "content": "hi\x00"}], "completions": ["a", "b"]}
     path = tmp_path / "gen.jsonl"
-    data.write_jsonl(path, [{"prompt": "ok", "completions": ["x", "y"]}, row])
+    write_jsonl(path, [{"prompt": "ok", "completions": ["x", "y"]}, row])
     code, _, err = import_(path, db_url, capsys)
     assert code == 2 and "row 2" in one_line(err) and "NUL" in err
     store = Store(db_url)
@@ -69,14 +70,14 @@ def test_a_nul_character_is_refused_with_its_row_on_both_databases(tmp_path, db_
 @pytest.mark.parametrize("text", [ZWSP, ZWSP * 3, f" {ZWSP}\u2060\ufeff ", "\u200d\u200c"])
 def test_a_completion_of_only_invisible_characters_is_empty(tmp_path, db_url, capsys, text):
     path = tmp_path / "gen.jsonl"
-    data.write_jsonl(path, [{"prompt": "p", "completions": ["visible", text]}])
+    write_jsonl(path, [{"prompt": "p", "completions": ["visible", text]}])
     code, _, err = import_(path, db_url, capsys)
     assert code == 2 and "row 1" in one_line(err) and "completions[1]" in err and "empty text" in err
 
 
 def test_identical_completions_are_merged_and_said(tmp_path, db_url, capsys):
     path = tmp_path / "gen.jsonl"
-    data.write_jsonl(path, [
+    write_jsonl(path, [
         {"prompt": "p1", "completions": ["same", "other", "same", f"same{ZWSP} "]},  # three look the same
         {"prompt": "p2", "completions": ["a", "b"]},
     ])
@@ -101,7 +102,7 @@ def test_identical_completions_are_merged_and_said(tmp_path, db_url, capsys):
 
 def test_a_row_whose_completions_are_all_identical_is_refused(tmp_path, db_url, capsys):
     path = tmp_path / "gen.jsonl"
-    data.write_jsonl(path, [{"prompt": "p", "completions": ["a", "b"]},
+    write_jsonl(path, [{"prompt": "p", "completions": ["a", "b"]},
                             {"prompt": "q", "completions": ["Yes.", " Yes.", "Yes." + ZWSP]}])
     code, _, err = import_(path, db_url, capsys)
     assert code == 2 and "row 2" in one_line(err) and "identical" in err
@@ -112,7 +113,7 @@ def test_other_loaders_share_the_checks(tmp_path):
     from rlhfkit.errors import DataError
 
     prompts = tmp_path / "prompts.jsonl"
-    data.write_jsonl(prompts, [{"prompt": "ok"}, {"prompt": ZWSP}])
+    write_jsonl(prompts, [{"prompt": "ok"}, {"prompt": ZWSP}])
     with pytest.raises(DataError, match="row 2.*empty text"):
         data.load_prompts(prompts)
     prefs = tmp_path / "prefs.jsonl"
@@ -132,6 +133,6 @@ def test_other_loaders_share_the_checks(tmp_path):
 
 def _items(store):
     with store.read() as s:
-        from rlhfkit.feedback.store import Item
+        from rlhfkit.feedback.schema import Item
 
         return [(i.prompt, [c.text for c in i.completions]) for i in s.query(Item).order_by(Item.id)]

@@ -6,7 +6,8 @@ import pytest
 from sqlalchemy import text
 
 from rlhfkit.errors import UserError
-from rlhfkit.feedback.store import AlreadyLabelled, Annotator, Label, NotAssigned, Store, Who
+from rlhfkit.feedback.schema import Annotator, Label
+from rlhfkit.feedback.store import AlreadyLabelled, NotAssigned, Store, Who
 
 from .helpers import add_items
 
