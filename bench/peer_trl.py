@@ -1,8 +1,8 @@
 """Time trl 1.12.0's `trl.experimental.ppo.PPOTrainer` on one benchmark case.
 
-Runs inside the peer's own venv (bench/.venv-trl), never the project's:
+Runs inside the peer's own venv (bench/.venv-trl112), never the project's:
 
-    bench/.venv-trl/bin/python bench/peer_trl.py SPEC.json
+    bench/.venv-trl112/bin/python bench/peer_trl.py SPEC.json
 
 SPEC.json (written by run.py) names the policy folder, the shared reward-model
 folder (its tokenizer beside it), the query token ids and the settings. Prints one

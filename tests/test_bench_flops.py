@@ -116,14 +116,14 @@ def test_median():
 
 
 def test_case_suffixes_switch_our_side_options_and_keep_the_base_case():
-    import run
+    import cases
 
-    assert run.case_options("smollm2-lora-bf16") == ("smollm2-lora-bf16", {})
-    assert run.case_options("smollm2-lora-bf16-ckpt-compile") == (
+    assert cases.case_options("smollm2-lora-bf16") == ("smollm2-lora-bf16", {})
+    assert cases.case_options("smollm2-lora-bf16-ckpt-compile") == (
         "smollm2-lora-bf16", {"compile": True, "gradient_checkpointing": True})
-    assert run.case_options("smollm2-lora-bf16-ckpt-compile-static") == (
+    assert cases.case_options("smollm2-lora-bf16-ckpt-compile-static") == (
         "smollm2-lora-bf16", {"compile": True, "gradient_checkpointing": True, "static_cache": True})
-    assert run.split_case("smollm2-full-fp32-compile") == ("smollm2-135m", "full", "fp32")
-    assert run.expand_cases(["tiny-gpt2,smollm2-lora-bf16-compile"]) == ["tiny-gpt2-full-fp32", "smollm2-lora-bf16-compile"]
+    assert cases.split_case("smollm2-full-fp32-compile") == ("smollm2-135m", "full", "fp32")
+    assert cases.expand_cases(["tiny-gpt2,smollm2-lora-bf16-compile"]) == ["tiny-gpt2-full-fp32", "smollm2-lora-bf16-compile"]
     with pytest.raises(SystemExit, match="unknown case"):
-        run.expand_cases(["smollm2-lora-bf16-fast"])
+        cases.expand_cases(["smollm2-lora-bf16-fast"])
