@@ -52,33 +52,39 @@ def head_inputs(head: nn.Module):
 
 
 @torch.no_grad()
-def plain_head(model, inputs: dict) -> nn.Linear | None:
-    """The model's LM head when its logits on `inputs` are exactly `F.linear(head input)`, else None.
-
-    Probed on the first call for each model (give one small batch) and remembered."""
+def head_is_plain(model, inputs: dict) -> bool:
+    """Whether the model's logits on `inputs` are exactly `F.linear(head input)` (one small batch is enough),
+    in the caller's autocast state. Dropout is off for the two passes and every module's mode put back."""
     head = output_head(model)
     if type(head) is not nn.Linear:
-        return None
+        return False
+    inner = getattr(model, "module", model)
+    modes = {m: m.training for m in inner.modules()}
+    inner.eval()  # dropout would make the two passes differ
+    try:
+        logits = model(**inputs).logits
+        with head_inputs(head) as seen:
+            model(**inputs)
+        hidden = seen[-1]
+        if not torch.is_autocast_enabled(hidden.device.type):
+            hidden = hidden.to(head.weight.dtype)  # as the head's own input cast (cpu.store_frozen_in_bf16)
+        expected = nn.functional.linear(hidden, head.weight, head.bias)
+        return logits.shape == expected.shape and torch.allclose(logits.float(), expected.float(), rtol=1e-4,
+                                                                 atol=1e-5)
+    except Exception:  # sharded or partitioned weights, an unusual head: keep the model's own logits
+        return False
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def plain_head(model, inputs: dict) -> nn.Linear | None:
+    """The model's LM head when `head_is_plain`, else None; probed on the first call for each model and
+    remembered (a model whose logits change afterwards, e.g. by a new hook, needs `head_is_plain`)."""
     inner = getattr(model, "module", model)
     if inner not in _PROBED:
-        modes = {m: m.training for m in inner.modules()}  # each module's own flag, put back as it was
-        inner.eval()  # dropout would make the two passes differ
-        try:
-            logits = model(**inputs).logits
-            with head_inputs(head) as seen:
-                model(**inputs)
-            hidden = seen[-1]
-            if not torch.is_autocast_enabled(hidden.device.type):
-                hidden = hidden.to(head.weight.dtype)
-            expected = nn.functional.linear(hidden, head.weight, head.bias)
-            _PROBED[inner] = logits.shape == expected.shape and torch.allclose(
-                logits.float(), expected.float(), rtol=1e-4, atol=1e-5)
-        except Exception:  # sharded or partitioned weights, an unusual head: keep the model's own logits
-            _PROBED[inner] = False
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
-    return head if _PROBED[inner] else None
+        _PROBED[inner] = head_is_plain(model, inputs)
+    return output_head(model) if _PROBED[inner] else None
 
 
-__all__ = ["head_inputs", "head_skipped", "output_head", "plain_head"]
+__all__ = ["head_inputs", "head_is_plain", "head_skipped", "output_head", "plain_head"]

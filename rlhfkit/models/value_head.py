@@ -109,24 +109,19 @@ class ModelWithValueHead(nn.Module):
     def lm_head(self) -> nn.Module:
         return self.pretrained_model.get_output_embeddings()
 
-    @torch.no_grad()
     def head_is_last_op(self, **inputs) -> bool:
         """Whether the logits are exactly a plain linear LM head applied to the captured hidden state.
 
         Not so when the model transforms them afterwards (Gemma 2's softcapping, Cohere's
         logit scale) or the head is a peft/quantised layer: log-probs must then come from
         the model's own logits. Checked on `inputs` (one small batch is enough), in the
-        caller's autocast state.
+        caller's autocast state (`models.head.plain_head`).
         """
-        head = self.lm_head()
-        if type(head) is not nn.Linear:
-            return False
-        logits, _ = self(**inputs, with_values=False)
-        hidden, _ = self(**inputs, with_values=False, with_logits=False)
-        if not torch.is_autocast_enabled(hidden.device.type):
-            hidden = hidden.to(head.weight.dtype)  # as the head's own input cast (cpu.store_frozen_in_bf16)
-        expected = nn.functional.linear(hidden, head.weight, head.bias)
-        return logits.shape == expected.shape and torch.allclose(logits.float(), expected.float(), rtol=1e-4, atol=1e-5)
+        from rlhfkit.models.head import head_is_plain
+
+        if self.is_encoder_decoder or not self._keeps_logits:
+            inputs.pop("logits_to_keep", None)
+        return head_is_plain(self.pretrained_model, dict(inputs, use_cache=False, return_dict=True))
 
     def generate(self, *args, **kwargs):
         return self.pretrained_model.generate(*args, **kwargs)
