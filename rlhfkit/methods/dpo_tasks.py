@@ -10,12 +10,9 @@ cache filled once (`--precompute-ref`).
 from __future__ import annotations
 
 import gc
-from typing import TYPE_CHECKING
 
+from rlhfkit.methods.dpo_config import DPOConfig
 from rlhfkit.methods.dpo_encoding import EncodedExample, EncodedPair, mismatched
-
-if TYPE_CHECKING:
-    from rlhfkit.methods.dpo import DPOConfig
 
 
 class ReferenceLogps:

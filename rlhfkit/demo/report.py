@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from rlhfkit.demo import DemoConfig, Stages
+from rlhfkit.demo.config import DemoConfig
+from rlhfkit.demo.stages import Stages
 
 
 def write_demo_report(folder: Path, stages: Stages, config: DemoConfig, methods: list[str]) -> None:
