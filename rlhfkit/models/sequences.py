@@ -11,7 +11,10 @@ positions (those predicting completion tokens) go through the LM head
 (`logits_to_keep`); seq2seq models read the prompt on the encoder and the
 completion as decoder labels. The layout is `models.forward.make_batch`'s, the one
 PPO's rollout uses. A preference batch puts chosen and rejected completions of the
-same prompts into one forward (`pair_logps`), as TRL's concatenated forward does.
+same prompts into one pass (`pair_logps`), as TRL's concatenated forward does; with
+`share_prompt` each distinct prompt is read once for all its completions. Where the
+model's logits are exactly its linear head's output (`models.head.plain_head`) the
+log-probs come from the head's input a row chunk at a time: no [N, R, V] logits held.
 """
 
 from __future__ import annotations
