@@ -70,7 +70,7 @@ PRESETS = {
     "default": dict(
         policy="smollm2-135m", reward_backbone="minilm-l6", n_label_prompts=320, k=4, max_new_tokens=32,
         reward_epochs=3, reward_lr=1e-4, reward_ties="drop",
-        ppo_steps=24, ppo_batch_size=16, ppo_lr=2.5e-4, ppo_epochs=1, init_kl_coef=0.1, entropy_coef=0.0,
+        ppo_steps=24, ppo_batch_size=16, ppo_lr=4e-4, ppo_epochs=1, init_kl_coef=0.1, entropy_coef=0.05,
         reward_cap=1.0, mixed_precision="no",
         n_eval_prompts=200, eval_samples=4, dpo_epochs=2, dpo_lr=5e-5, dpo_beta=0.1,
     ),
