@@ -180,19 +180,33 @@ def response_logprobs(model, queries: list[list[int]], responses: list[list[int]
 
 def _shared_prompt_logprobs(model, queries, responses, pad_id: int, temperature: float, cache_name: str,
                             device) -> list[torch.Tensor]:
-    """One batch of `response_logprobs` for a causal model whose queries repeat: each distinct query
-    goes through the model once into a KV cache copied to its rows (`generation.prefill_once`), then
-    every row reads its response on its copy. With 4 samples of a 58-token prompt and 32-token replies
-    that is about half the tokens of the plain pass; the same numbers (tested)."""
-    q, r = [_ids(x) for x in queries], [_ids(x) for x in responses]
-    ids, mask = pad(q, pad_id, side="left", device=device)
-    first, cache, mask = prefill_once(model, ids, mask, 1, cache_name)
-    resp, resp_mask = pad([x if x else [pad_id] for x in r], pad_id, side="right", device=device)
-    logits = first[:, None]
-    if resp.shape[1] > 1:  # the response's tokens but its last predict the rest of it
-        position = mask.sum(-1, keepdim=True) + torch.arange(resp.shape[1] - 1, device=device)
-        rest = model(input_ids=resp[:, :-1], attention_mask=torch.cat([mask, resp_mask[:, :-1]], dim=1),
-                     position_ids=position, use_cache=True, **{cache_name: cache}).logits
-        logits = torch.cat([logits, rest], dim=1)
+    """One batch of `response_logprobs` for a causal model whose queries repeat (`shared_prompt_outputs`).
+    With 4 samples of a 58-token prompt and 32-token replies that is about half the tokens of the
+    plain pass; the same numbers (tested)."""
+    r = [_ids(x) for x in responses]
+    logits, resp, _ = shared_prompt_outputs(model, queries, [x if x else [pad_id] for x in r], pad_id, cache_name,
+                                            device)
     logprobs = logprobs_from_logits(logits, resp, temperature)
     return [logprobs[j, :len(x)].float().cpu() for j, x in enumerate(r)]
+
+
+def shared_prompt_outputs(model, queries, responses, pad_id: int, cache_name: str, device, read=None):
+    """The outputs [B, R, .] predicting each response of a causal model, each distinct query read once.
+
+    The distinct queries (left-padded) go through the model once into a KV cache copied to their
+    rows (`generation.prefill_once`); every row then reads only its response on its copy, with the
+    positions and attention mask of the concatenated pass (`make_batch`), so the numbers are that
+    pass's; under grad the gradient flows back through the copies into the one query pass.
+    `read(output)` picks what to return of each output (default: its logits). Returns (outputs,
+    responses [B, R], response mask [B, R]).
+    """
+    ids, mask = pad([_ids(q) for q in queries], pad_id, side="left", device=device)
+    first, cache, mask = prefill_once(model, ids, mask, 1, cache_name, read)
+    resp, resp_mask = pad([_ids(x) for x in responses], pad_id, side="right", device=device)
+    out = first[:, None]
+    if resp.shape[1] > 1:  # every response token but the last predicts the next one
+        position = mask.sum(-1, keepdim=True) + torch.arange(resp.shape[1] - 1, device=device)
+        rest = model(input_ids=resp[:, :-1], attention_mask=torch.cat([mask, resp_mask[:, :-1]], dim=1),
+                     position_ids=position, use_cache=True, **{cache_name: cache})
+        out = torch.cat([out, read(rest) if read is not None else rest.logits], dim=1)
+    return out, resp, resp_mask

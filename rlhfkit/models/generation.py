@@ -248,12 +248,14 @@ def new_cache(model, device):
     return cache_class(config=unwrap_peft(model).config.get_text_config(decoder=True))
 
 
-def prefill_once(model, ids, mask, n: int, cache_name: str):
+def prefill_once(model, ids, mask, n: int, cache_name: str, read=None):
     """Read each distinct row of a left-padded causal batch once, for `n` samples per row.
 
     Returns the logits of each row's last position (they predict its first
     response token) [B*n, V], the KV cache with one row per sample, and the
     attention mask [B*n, T], rows in the order of `ids` repeated `n` times each.
+    `read(output)` picks something else of the model's output in place of its logits
+    (e.g. the LM head's input, `models.head.head_inputs`).
     """
     rows = [tuple(r) for r in torch.cat([ids, mask], dim=1).tolist()]
     distinct = list(dict.fromkeys(rows))
@@ -263,8 +265,9 @@ def prefill_once(model, ids, mask, n: int, cache_name: str):
     head_mask = mask[keep]
     positions = (head_mask.cumsum(-1) - 1).masked_fill(head_mask == 0, 0)  # as generate() numbers left-padded rows
     cache = new_cache(model, ids.device)
-    logits = model(input_ids=ids[keep], attention_mask=head_mask, position_ids=positions, use_cache=True,
-                   **_last_logits_only(model), **{cache_name: cache}).logits[:, -1]
+    output = model(input_ids=ids[keep], attention_mask=head_mask, position_ids=positions, use_cache=True,
+                   **_last_logits_only(model), **{cache_name: cache})
+    logits = (read(output) if read is not None else output.logits)[:, -1]
     cache.batch_select_indices(expand)
     return logits[expand], cache, head_mask[expand]
 

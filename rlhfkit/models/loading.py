@@ -138,7 +138,11 @@ def load_policy(name: str, lora: LoraOptions | bool | dict | None = None, dtype=
 
 
 def unwrap_peft(model):
-    """The transformers model under any peft wrapper (the model itself when there is none)."""
+    """The transformers model under any peft wrapper, and under DDP's (the model itself when there is none)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.models.forward import decoder_start_id, make_batch
-from rlhfkit.models.generation import cache_keyword, new_cache, pad
+from rlhfkit.models.forward import decoder_start_id, make_batch, shared_prompt_outputs
+from rlhfkit.models.generation import cache_keyword, pad
 from rlhfkit.models.head import head_inputs, plain_head
 from rlhfkit.ops.logprobs import linear_logprobs, logprobs_from_logits
 
@@ -117,44 +117,28 @@ def _reading(model, head):
 def _shared_prompt_pass(model, prompts, completions, pad_id: int, device, seq2seq: bool, head):
     """Logits (or head inputs) [N, R, .] predicting each completion, reading each distinct prompt once.
 
-    Causal: the distinct prompts (left-padded) fill a KV cache whose rows are then copied to every
-    completion of their prompt, which reads only its own tokens on its copy; positions and the
-    attention mask are those of the concatenated pass (`make_batch`), so the numbers are the same
-    (tested), and gradients flow back through the copies into the one prompt pass. Seq2seq: the
-    encoder reads each distinct prompt once and its output is copied to the decoder rows. With
-    chosen and rejected of one prompt that halves the prompt tokens; rankings' pairs share more.
+    Causal: `forward.shared_prompt_outputs` (a KV cache per distinct prompt, copied to its completions).
+    Seq2seq: the encoder reads each distinct prompt once and its output is copied to the decoder rows.
+    With chosen and rejected of one prompt that halves the prompt tokens; rankings' pairs share more.
     """
-    distinct = list(dict.fromkeys(tuple(p) for p in prompts))
-    which = {p: j for j, p in enumerate(distinct)}
-    expand = torch.tensor([which[tuple(p)] for p in prompts], device=device)
-    responses, mask = pad(completions, pad_id, side="right", device=device)
     inner = _inner(model)
     with _reading(model, head) as read:
-        if seq2seq:
-            from transformers.modeling_outputs import BaseModelOutput
+        if not seq2seq:
+            return shared_prompt_outputs(model, prompts, completions, pad_id, cache_keyword(inner), device, read)
+        from transformers.modeling_outputs import BaseModelOutput
 
-            ids, attn = pad(distinct, pad_id, side="right", device=device)
-            encoded = inner.get_encoder()(input_ids=ids, attention_mask=attn, return_dict=True).last_hidden_state
-            dec, dec_mask = pad([[decoder_start_id(inner)] + list(c[:-1]) for c in completions], pad_id,
-                                side="right", device=device)
-            out = read(model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded[expand]),
-                             attention_mask=attn[expand], decoder_input_ids=dec, decoder_attention_mask=dec_mask,
-                             use_cache=False))
-            return out, responses, mask
-        name = cache_keyword(inner)
-        ids, attn = pad(distinct, pad_id, side="left", device=device)
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        cache = new_cache(inner, device)
-        first = read(model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
-                           logits_to_keep=1, **{name: cache}))[:, -1:]
-        cache.batch_select_indices(expand)
-        out, attn = first[expand], attn[expand]
-        if responses.shape[1] > 1:  # every completion token but the last predicts the next one
-            position = attn.sum(-1, keepdim=True) + torch.arange(responses.shape[1] - 1, device=device)
-            rest = read(model(input_ids=responses[:, :-1], attention_mask=torch.cat([attn, mask[:, :-1]], dim=1),
-                              position_ids=position, use_cache=True, **{name: cache}))
-            out = torch.cat([out, rest], dim=1)
-    return out, responses, mask
+        distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+        which = {p: j for j, p in enumerate(distinct)}
+        expand = torch.tensor([which[tuple(p)] for p in prompts], device=device)
+        ids, attn = pad(distinct, pad_id, side="right", device=device)
+        encoded = inner.get_encoder()(input_ids=ids, attention_mask=attn, return_dict=True).last_hidden_state
+        dec, dec_mask = pad([[decoder_start_id(inner)] + list(c[:-1]) for c in completions], pad_id,
+                            side="right", device=device)
+        out = read(model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded[expand]),
+                         attention_mask=attn[expand], decoder_input_ids=dec, decoder_attention_mask=dec_mask,
+                         use_cache=False))
+        responses, mask = pad(completions, pad_id, side="right", device=device)
+        return out, responses, mask
 
 
 def pair_logps(model, prompts: list[list[int]], chosen: list[list[int]], rejected: list[list[int]], pad_id: int,
